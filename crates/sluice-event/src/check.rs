@@ -100,28 +100,33 @@ impl Classifier {
     }
 }
 
-/// Cheap summary of a key so most pairs of different keys are told apart by one comparison.
+/// A key seen by the fast path, in one word: where it starts in the line (high 32 bits), its
+/// length (16 bits), its first and last byte. Equal low halves mean "compare the bytes"; most
+/// pairs of different keys differ there, so the common case is one integer comparison.
 #[inline(always)]
-fn fingerprint(key: &[u8]) -> u64 {
-    match key {
-        [] => 0,
-        [first, ..] => {
-            let len = key.len();
-            (len as u64) | u64::from(*first) << 32 | u64::from(key[len / 2]) << 40 | u64::from(key[len - 1]) << 48
-        }
-    }
+fn key_word(start: usize, key: &[u8]) -> Option<u64> {
+    let len = u16::try_from(key.len()).ok()?;
+    let (first, last) = match key {
+        [] => (0, 0),
+        [first, .., last] => (*first, *last),
+        [only] => (*only, *only),
+    };
+    let start = u32::try_from(start).ok()?;
+    Some(u64::from(start) << 32 | u64::from(len) << 16 | u64::from(first) << 8 | u64::from(last))
 }
 
-/// The fast path's visitor: duplicate detection over a fixed array of key spans.
+/// The part of a key word that depends only on the key's bytes.
+const KEY_WORD_SUMMARY: u64 = 0xffff_ffff;
+
+/// The fast path's visitor: duplicate detection over a fixed array of key words.
 struct Fast {
     classifier: Classifier,
-    fingerprints: [u64; KEYS_FAST_MAX],
-    spans: [(u32, u32); KEYS_FAST_MAX],
+    words: [u64; KEYS_FAST_MAX],
     keys: usize,
 }
 
 impl Visitor for Fast {
-    #[inline]
+    #[inline(always)]
     fn member(&mut self, line: &[u8], m: Member) -> bool {
         // An escaped key's bytes are not its name, and past the array the quadratic search stops
         // being cheap: both are rare, and the detailed analysis handles them.
@@ -130,20 +135,20 @@ impl Visitor for Fast {
         }
         let (start, end) = (m.key.start + 1, m.key.end - 1);
         let name = &line[start..end];
-        let fp = fingerprint(name);
+        let Some(word) = key_word(start, name) else {
+            return false;
+        };
         let mut duplicate = false;
-        for j in 0..self.keys {
-            if self.fingerprints[j] == fp {
-                let (s, e) = self.spans[j];
-                if &line[s as usize..e as usize] == name {
+        for &seen in &self.words[..self.keys] {
+            if (seen ^ word) & KEY_WORD_SUMMARY == 0 {
+                let seen_start = (seen >> 32) as usize;
+                if line.get(seen_start..seen_start + name.len()) == Some(name) {
                     duplicate = true;
                     break;
                 }
             }
         }
-        self.fingerprints[self.keys] = fp;
-        // Lines past u32::MAX bytes never take the fast path (see `check_line`).
-        self.spans[self.keys] = (start as u32, end as u32);
+        self.words[self.keys] = word;
         self.keys += 1;
         self.classifier.member(name, m.kind, duplicate);
         true
@@ -159,15 +164,7 @@ pub(crate) fn classes(line: &[u8], allow_reserved: bool) -> BadClasses {
     if std::str::from_utf8(line).is_err() {
         return BadClass::InvalidUtf8.into();
     }
-    if u32::try_from(line.len()).is_err() {
-        return analyze(line, allow_reserved).classes;
-    }
-    let mut fast = Fast {
-        classifier: Classifier::new(allow_reserved),
-        fingerprints: [0; KEYS_FAST_MAX],
-        spans: [(0, 0); KEYS_FAST_MAX],
-        keys: 0,
-    };
+    let mut fast = Fast { classifier: Classifier::new(allow_reserved), words: [0; KEYS_FAST_MAX], keys: 0 };
     match scan::scan_line(line, &mut fast) {
         Err(NotJson) => BadClass::NotJson.into(),
         Ok(Shape::NotObject) => BadClass::NotObject.into(),
@@ -291,10 +288,36 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_collisions_still_compare_bytes() {
-        // Same length, first, middle and last byte: only the full comparison tells them apart.
-        let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2"}"#;
+    fn key_word_collisions_still_compare_bytes() {
+        // Same length, first and last byte: only the full comparison tells them apart.
+        let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2","":"3","a":"4"}"#;
         assert!(classes(line, false).is_empty());
+        let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2","":"3","abxcd":"4"}"#;
+        assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
+        let line = br#"{"time_ns":1,"":"1","":"2"}"#;
+        assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Objects of members drawn from keys and values that hit every rule, escapes included.
+        #[test]
+        fn fast_and_detailed_agree(members in proptest::collection::vec((
+            proptest::sample::select(vec![
+                "\"time_ns\"", "\"t\\u0069me_ns\"", "\"a\"", "\"\\u0061\"", "\"b\"", "\"sluice_x\"",
+                "\"\\u0073luice_y\"", "\"ab\"", "\"ba\"",
+            ]),
+            proptest::sample::select(vec![
+                "1", "0", "-1", "1.5", "\"s\"", "true", "null", "[1]", "{}", "18446744073709551616",
+                "9223372036854775808",
+            ]),
+        ), 0..40), allow in proptest::bool::ANY) {
+            let body: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            let line = format!("{{{}}}", body.join(","));
+            let line = line.as_bytes();
+            proptest::prop_assert_eq!(classes(line, allow), analyze(line, allow).classes);
+        }
     }
 
     #[test]

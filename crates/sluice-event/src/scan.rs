@@ -55,15 +55,11 @@ pub(crate) enum Shape {
 
 /// Byte classes, so the inner loops are one table look-up per byte.
 const C_OTHER: u8 = 0;
-const C_WS: u8 = 1;
-const C_DIGIT: u8 = 2;
-const C_HEX_LETTER: u8 = 3;
+const C_DIGIT: u8 = 1;
+const C_HEX_LETTER: u8 = 2;
 
 static CLASS: [u8; 256] = {
     let mut t = [C_OTHER; 256];
-    t[b' ' as usize] = C_WS;
-    t[b'\t' as usize] = C_WS;
-    t[b'\r' as usize] = C_WS;
     let mut c = b'0';
     while c <= b'9' {
         t[c as usize] = C_DIGIT;
@@ -81,9 +77,13 @@ static CLASS: [u8; 256] = {
 /// Largest `time_ns`: 2^63-1, so that it fits a signed 64-bit timestamp column downstream.
 pub(crate) const TIME_NS_MAX: u64 = i64::MAX as u64;
 
+/// Bit `c` set for each JSON whitespace byte `c` we accept (space, tab, CR).
+const WS_MASK: u64 = 1 << b' ' | 1 << b'\t' | 1 << b'\r';
+
 #[inline(always)]
 fn is_ws(c: u8) -> bool {
-    CLASS[c as usize] == C_WS
+    // One compare rejects every byte of compact JSON; no table load on the hot path.
+    c <= b' ' && WS_MASK & (1 << c) != 0
 }
 
 #[inline(always)]
@@ -116,7 +116,7 @@ fn string_special_mask(w: u64) -> u64 {
 
 /// Scans a string whose opening quote is at `i - 1`. Returns the index after the closing quote
 /// and whether the string contains an escape.
-#[inline]
+#[inline(always)]
 pub(crate) fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), NotJson> {
     let mut escaped = false;
     loop {
@@ -139,6 +139,7 @@ pub(crate) fn scan_string(b: &[u8], mut i: usize) -> Result<(usize, bool), NotJs
                 i = scan_escape(b, i)?;
             }
             0..=0x1f => return Err(NotJson),
+            // Near the end of the line the word test is skipped and bytes come one at a time.
             _ => i += 1,
         }
     }
@@ -216,27 +217,47 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     }
 }
 
-/// Scans a number starting at `i` (a `-` or a digit) by the JSON grammar.
-#[inline]
-fn scan_number(b: &[u8], mut i: usize) -> Result<(usize, Kind), NotJson> {
-    let negative = b[i] == b'-';
-    if negative {
-        i += 1;
+/// Scans a number starting at `i` (a `-` or a digit) by the JSON grammar. The integer case,
+/// nearly every number in real lines, is one pass; fractions and exponents go the cold way.
+#[inline(always)]
+fn scan_number(b: &[u8], start: usize) -> Result<(usize, Kind), NotJson> {
+    let negative = b[start] == b'-';
+    let int_start = start + usize::from(negative);
+    let first = *b.get(int_start).ok_or(NotJson)?;
+    let mut value = u64::from(first.wrapping_sub(b'0'));
+    if value > 9 {
+        return Err(NotJson);
     }
-    let int_start = i;
-    match b.get(i) {
-        // A leading zero stands alone: "01" ends the number after "0" and fails in the caller.
-        Some(b'0') => i += 1,
-        Some(c) if is_digit(*c) => {
-            i += 1;
-            while i < b.len() && is_digit(b[i]) {
-                i += 1;
+    let mut i = int_start + 1;
+    // A leading zero stands alone: "01" ends the number after "0" and fails in the caller.
+    if first != b'0' {
+        while i < b.len() {
+            let d = b[i].wrapping_sub(b'0');
+            if d > 9 {
+                break;
             }
+            value = value.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
         }
-        _ => return Err(NotJson),
     }
-    let int_end = i;
-    let mut float = false;
+    if let Some(&c) = b.get(i) {
+        if c == b'.' || c | 0x20 == b'e' {
+            return scan_fraction_exponent(b, i);
+        }
+    }
+    let kind = if negative {
+        Kind::Negative
+    } else if i - int_start <= U64_DIGITS_SAFE {
+        Kind::Uint(value)
+    } else {
+        parse_u64(&b[int_start..i]).map_or(Kind::Overflow, Kind::Uint)
+    };
+    Ok((i, kind))
+}
+
+/// The rest of a number from its `.`, `e` or `E` at `i`; the number is a float if it is valid.
+#[cold]
+fn scan_fraction_exponent(b: &[u8], mut i: usize) -> Result<(usize, Kind), NotJson> {
     if b.get(i) == Some(&b'.') {
         i += 1;
         let frac_start = i;
@@ -246,7 +267,6 @@ fn scan_number(b: &[u8], mut i: usize) -> Result<(usize, Kind), NotJson> {
         if i == frac_start {
             return Err(NotJson);
         }
-        float = true;
     }
     if matches!(b.get(i), Some(b'e' | b'E')) {
         i += 1;
@@ -260,16 +280,8 @@ fn scan_number(b: &[u8], mut i: usize) -> Result<(usize, Kind), NotJson> {
         if i == exp_start {
             return Err(NotJson);
         }
-        float = true;
     }
-    let kind = if float {
-        Kind::Float
-    } else if negative {
-        Kind::Negative
-    } else {
-        parse_u64(&b[int_start..int_end]).map_or(Kind::Overflow, Kind::Uint)
-    };
-    Ok((i, kind))
+    Ok((i, Kind::Float))
 }
 
 fn scan_literal(b: &[u8], i: usize, word: &[u8], kind: Kind) -> Result<(usize, Kind), NotJson> {
@@ -281,7 +293,7 @@ fn scan_literal(b: &[u8], i: usize, word: &[u8], kind: Kind) -> Result<(usize, K
 }
 
 /// Scans a value that is not an object or array, starting at `i`.
-#[inline]
+#[inline(always)]
 fn scan_scalar(b: &[u8], i: usize) -> Result<(usize, Kind), NotJson> {
     match b.get(i) {
         Some(b'"') => scan_string(b, i + 1).map(|(end, _)| (end, Kind::Str)),
@@ -295,7 +307,7 @@ fn scan_scalar(b: &[u8], i: usize) -> Result<(usize, Kind), NotJson> {
 }
 
 /// Scans any value starting at `i` (no leading whitespace).
-#[inline]
+#[inline(always)]
 pub(crate) fn scan_value(b: &[u8], i: usize) -> Result<(usize, Kind), NotJson> {
     match b.get(i) {
         Some(b'{' | b'[') => skip_nested(b, i).map(|end| (end, Kind::Nested)),

@@ -413,13 +413,9 @@ impl Generator {
         out.push(b'\n');
     }
 
-    /// A short sentence from the message vocabulary, for text that is not an event.
+    /// A log-message-like sentence, for text that is not an event.
     fn put_sentence(&mut self, out: &mut Vec<u8>) {
-        out.extend_from_slice(self.starter().as_bytes());
-        for _ in 0..self.rng.range(2, 6) {
-            out.push(b' ');
-            out.extend_from_slice(self.word().as_bytes());
-        }
+        self.put_message(None, out);
     }
 }
 

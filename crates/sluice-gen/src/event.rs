@@ -42,9 +42,6 @@ const KIND_APP_END: u64 = 880;
 const KIND_WORKER_END: u64 = 950;
 const KIND_QUEUE_END: u64 = 975;
 const KIND_MIX_SCALE: u64 = 1_000;
-/// Words in a log message after its first word (inclusive range).
-const MESSAGE_WORDS_MIN: u64 = 2;
-const MESSAGE_WORDS_MAX: u64 = 11;
 /// Salt of the user-to-address hash, so user ids and addresses do not look alike.
 const IP_SALT: u64 = 0x1B_ADD7;
 /// Salt of the user-to-old-email hash.
@@ -76,7 +73,10 @@ struct Endpoint {
 struct Tables {
     modules: Zipf,
     starters: Zipf,
-    words: Zipf,
+    nouns: Zipf,
+    adjectives: Zipf,
+    adverbs: Zipf,
+    prepositions: Zipf,
     users: Zipf,
     rpc: Zipf,
     server_errors: Zipf,
@@ -98,7 +98,10 @@ impl Tables {
         Tables {
             modules: Zipf::new(MODULES.len(), 1.0),
             starters: Zipf::new(STARTERS.len(), 2.0),
-            words: Zipf::new(WORDS.len(), 0.5),
+            nouns: Zipf::new(NOUNS.len(), 1.0),
+            adjectives: Zipf::new(ADJECTIVES.len(), 1.0),
+            adverbs: Zipf::new(ADVERBS.len(), 1.0),
+            prepositions: Zipf::new(PREPOSITIONS.len(), 1.0),
             users: Zipf::new(USERS, USERS_ZIPF_Q),
             rpc: Zipf::new(RPC_METHODS.len(), 1.0),
             server_errors: Zipf::from_weights(
@@ -333,34 +336,7 @@ impl Generator {
         put_str(out, key_s!("level"), level);
         put_str(out, key_s!("module"), MODULES[self.t.modules.sample(&mut self.rng)]);
         out.extend_from_slice(key_s!("message"));
-        out.extend_from_slice(STARTERS[self.t.starters.sample(&mut self.rng)].as_bytes());
-        let n = self.rng.range(MESSAGE_WORDS_MIN, MESSAGE_WORDS_MAX);
-        let rare_at = self.rng.below(n + 1);
-        for i in 0..=n {
-            if let Some(word) = rare.filter(|_| i == rare_at) {
-                out.push(b' ');
-                out.extend_from_slice(word.as_bytes());
-            }
-            if i < n {
-                out.push(b' ');
-                out.extend_from_slice(WORDS[self.t.words.sample(&mut self.rng)].as_bytes());
-            }
-        }
-        if self.rng.per_10k(2_500) {
-            let which = self.rng.index(MESSAGE_TAILS.len());
-            let (before, after) = MESSAGE_TAILS[which];
-            let number = match which {
-                0 => self.rng.range(2, 9),
-                1 => self.rng.duration_ms(40.0, 1.5),
-                2 => self.rng.range(1, 500),
-                3 => self.rng.below(1_000_000),
-                4 => self.rng.below(1 << 20),
-                _ => self.rng.below(64),
-            };
-            out.extend_from_slice(before.as_bytes());
-            put_u64(out, number);
-            out.extend_from_slice(after.as_bytes());
-        }
+        self.put_message(rare, out);
         out.push(b'"');
         if self.rng.per_10k(8_500) {
             let uid = self.sample_uid();
@@ -607,6 +583,59 @@ impl Generator {
         out.extend_from_slice(b"}\n");
     }
 
+    /// A log message: a starter, a noun phrase, up to two prepositional phrases, sometimes an
+    /// adverb and a number, e.g. "Evicted stale session token from the primary replica after 3
+    /// attempts". A rare word, if given, is the head noun of the first phrase.
+    pub(crate) fn put_message(&mut self, rare: Option<&'static str>, out: &mut Vec<u8>) {
+        out.extend_from_slice(STARTERS[self.t.starters.sample(&mut self.rng)].as_bytes());
+        self.put_noun_phrase(rare, out);
+        for _ in 0..self.rng.below(3) {
+            out.push(b' ');
+            out.extend_from_slice(PREPOSITIONS[self.t.prepositions.sample(&mut self.rng)].as_bytes());
+            self.put_noun_phrase(None, out);
+        }
+        if self.rng.per_10k(600) {
+            out.push(b' ');
+            out.extend_from_slice(ADVERBS[self.t.adverbs.sample(&mut self.rng)].as_bytes());
+        }
+        if self.rng.per_10k(2_500) {
+            let which = self.rng.index(MESSAGE_TAILS.len());
+            let (before, after) = MESSAGE_TAILS[which];
+            let number = match which {
+                0 => self.rng.range(2, 9),
+                1 => self.rng.duration_ms(40.0, 1.5),
+                2 => self.rng.range(1, 500),
+                3 => self.rng.below(1_000_000),
+                4 => self.rng.below(1 << 20),
+                _ => self.rng.below(64),
+            };
+            out.extend_from_slice(before.as_bytes());
+            put_u64(out, number);
+            out.extend_from_slice(after.as_bytes());
+        }
+    }
+
+    /// ` [the] [adjective] noun [noun]`, with a leading space.
+    fn put_noun_phrase(&mut self, head: Option<&'static str>, out: &mut Vec<u8>) {
+        if self.rng.per_10k(2_500) {
+            out.extend_from_slice(b" the");
+        }
+        if self.rng.per_10k(3_500) {
+            out.push(b' ');
+            out.extend_from_slice(ADJECTIVES[self.t.adjectives.sample(&mut self.rng)].as_bytes());
+        }
+        out.push(b' ');
+        let noun = match head {
+            Some(word) => word,
+            None => NOUNS[self.t.nouns.sample(&mut self.rng)],
+        };
+        out.extend_from_slice(noun.as_bytes());
+        if self.rng.per_10k(3_500) {
+            out.push(b' ');
+            out.extend_from_slice(NOUNS[self.t.nouns.sample(&mut self.rng)].as_bytes());
+        }
+    }
+
     /// A user id number (0..1,000,000), Zipf over [`USERS`] users. Ranks are scattered over the
     /// id space by an affine bijection mod 10^6 (the multiplier is coprime to 10).
     pub(crate) fn sample_uid(&mut self) -> u32 {
@@ -626,16 +655,7 @@ impl Generator {
     pub(crate) fn module(&mut self) -> &'static str {
         MODULES[self.t.modules.sample(&mut self.rng)]
     }
-
-    pub(crate) fn starter(&mut self) -> &'static str {
-        STARTERS[self.t.starters.sample(&mut self.rng)]
-    }
-
-    pub(crate) fn word(&mut self) -> &'static str {
-        WORDS[self.t.words.sample(&mut self.rng)]
-    }
 }
-
 
 /// `{"time_ns":N` — the first key of every event.
 #[inline]
@@ -723,4 +743,73 @@ pub(crate) fn put_email(out: &mut Vec<u8>, h: u64) {
     }
     out.push(b'@');
     out.extend_from_slice(EMAIL_DOMAINS[((h >> 40) % EMAIL_DOMAINS.len() as u64) as usize].as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_error_indexes_name_the_errors_they_shape() {
+        assert_eq!(SERVER_ERRORS[SERVER_ERROR_DB_CONN].0, "DB_CONN_UNAVAILABLE");
+        assert_eq!(SERVER_ERRORS[SERVER_ERROR_DEADLINE].0, "DEADLINE_EXCEEDED");
+        assert_eq!(SERVER_ERRORS[SERVER_ERROR_UPSTREAM].0, "UPSTREAM_UNAVAILABLE");
+    }
+
+    #[test]
+    fn endpoints_are_a_few_hundred_distinct_paths() {
+        let eps = build_endpoints();
+        let mut keys: Vec<String> = eps
+            .iter()
+            .map(|e| format!("{}{}{}", e.head, e.id_hex, e.tail))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), eps.len());
+        assert!((200..400).contains(&eps.len()), "{}", eps.len());
+    }
+
+    /// Rare words appear exactly where promised: once, in the message of a log event, and in no
+    /// other event. Probabilities are raised so that the test sees many of them.
+    #[test]
+    fn rare_words_appear_only_in_the_messages_of_rare_events() {
+        let mut gen = Generator::new(&GenConfig::default());
+        let mut cum = 0;
+        for t in &mut gen.rare_thresholds {
+            cum += u64::MAX / 50;
+            *t = cum;
+        }
+        let mut out = Vec::new();
+        let mut seen = [0u32; RARE_WORDS.len()];
+        for i in 0..100_000 {
+            out.clear();
+            gen.write_event(i, &mut out);
+            let line = std::str::from_utf8(&out).unwrap();
+            let found: Vec<usize> = (0..RARE_WORDS.len())
+                .filter(|&w| line.contains(RARE_WORDS[w].word))
+                .collect();
+            match found[..] {
+                [] => {}
+                [w] => {
+                    seen[w] += 1;
+                    let word = RARE_WORDS[w].word;
+                    assert_eq!(line.matches(word).count(), 1, "{line}");
+                    let msg = line.split("\"message\":\"").nth(1).unwrap();
+                    let msg = msg.split('"').next().unwrap();
+                    assert!(msg.split(' ').any(|token| token == word), "not a bare word: {line}");
+                }
+                _ => panic!("two rare words in one event: {line}"),
+            }
+        }
+        // 2% per word: about 2,000 each.
+        assert!(seen.iter().all(|&n| (1_700..2_300).contains(&n)), "{seen:?}");
+    }
+
+    #[test]
+    fn default_rare_word_probabilities_match_their_documentation() {
+        let gen = Generator::new(&GenConfig::default());
+        let total: f64 = RARE_WORDS.iter().map(|r| 1.0 / r.one_in as f64).sum();
+        let last = gen.rare_thresholds[RARE_WORDS.len() - 1] as f64 / u64::MAX as f64;
+        assert!((last - total).abs() < 1e-12, "{last} vs {total}");
+    }
 }

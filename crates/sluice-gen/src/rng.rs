@@ -187,10 +187,6 @@ impl Zipf {
         let r = rng.next_u64() >> 32;
         self.cdf.partition_point(|&c| c <= r)
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.cdf.len()
-    }
 }
 
 #[cfg(test)]

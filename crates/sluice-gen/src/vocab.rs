@@ -62,22 +62,21 @@ pub(crate) const STARTERS: &[&str] = &[
     "Found", "Missing", "Expired",
 ];
 
-/// Message vocabulary, Zipf-ranked: function words and common nouns first, rarer words later.
-pub(crate) const WORDS: &[&str] = &[
-    "the", "for", "to", "of", "request", "in", "user", "on", "cache", "with", "session", "order",
-    "from", "after", "retry", "connection", "and", "new", "account", "item", "timeout", "query",
-    "token", "by", "payment", "server", "queue", "database", "before", "file", "message", "worker",
-    "task", "index", "batch", "record", "job", "event", "stale", "shard", "lock", "upstream",
-    "client", "config", "page", "replica", "pending", "failed", "expired", "backend", "service",
-    "limit", "stream", "key", "response", "table", "node", "region", "partition", "snapshot",
-    "schema", "handler", "route", "metric", "profile", "invoice", "email", "password", "cart",
-    "product", "price", "report", "image", "thumbnail", "upload", "download", "blob", "bucket",
-    "object", "segment", "buffer", "pool", "thread", "socket", "channel", "listener", "endpoint",
-    "header", "cookie", "certificate", "signature", "credential", "permission", "role", "tenant",
-    "subscription", "plan", "coupon", "discount", "refund", "charge", "ledger", "balance",
-    "transfer", "webhook", "notification", "template", "locale", "currency", "address", "shipment",
-    "carrier", "warehouse", "stock", "catalog", "search", "ranking", "feed", "timeline", "comment",
-    "like", "follower", "friend", "group", "team", "project", "document", "revision", "draft",
+/// Nouns of log messages, Zipf-ranked: common ones first, a long tail of rare ones.
+pub(crate) const NOUNS: &[&str] = &[
+    "request", "user", "cache", "session", "order", "retry", "connection", "account", "item",
+    "timeout", "query", "token", "payment", "server", "queue", "database", "file", "message",
+    "worker", "task", "index", "batch", "record", "job", "event", "shard", "lock", "upstream",
+    "client", "config", "page", "replica", "backend", "service", "limit", "stream", "key",
+    "response", "table", "node", "region", "partition", "snapshot", "schema", "handler", "route",
+    "metric", "profile", "invoice", "email", "password", "cart", "product", "price", "report",
+    "image", "thumbnail", "upload", "download", "blob", "bucket", "object", "segment", "buffer",
+    "pool", "thread", "socket", "channel", "listener", "endpoint", "header", "cookie",
+    "certificate", "signature", "credential", "permission", "role", "tenant", "subscription",
+    "plan", "coupon", "discount", "refund", "charge", "ledger", "balance", "transfer", "webhook",
+    "notification", "template", "locale", "currency", "address", "shipment", "carrier",
+    "warehouse", "stock", "catalog", "search", "ranking", "feed", "timeline", "comment", "like",
+    "follower", "friend", "group", "team", "project", "document", "revision", "draft",
     "attachment", "folder", "share", "link", "preview", "rendition", "codec", "transcode",
     "manifest", "checksum", "digest", "hash", "nonce", "counter", "sequence", "cursor", "offset",
     "watermark", "checkpoint", "lease", "heartbeat", "leader", "follower-lag", "quorum", "vote",
@@ -102,13 +101,27 @@ pub(crate) const WORDS: &[&str] = &[
     "alarm-clock", "playlist", "album", "track", "podcast", "episode", "subtitle", "caption",
     "avatar", "banner", "badge", "emoji", "sticker", "reaction", "mention", "hashtag", "thread-id",
     "inbox", "outbox", "spool", "mailbox", "relay", "bounce-back", "greylist", "blocklist",
-    "allowlist", "slowly", "quickly", "twice", "again", "partially", "unexpectedly", "safely",
-    "already", "still", "never", "empty", "full", "missing", "duplicate", "invalid", "corrupt",
-    "truncated", "oversized", "unknown", "disabled", "enabled", "paused", "resumed", "degraded",
-    "healthy", "unhealthy", "primary", "secondary", "tertiary", "cold", "warm", "hot", "frozen",
-    "ephemeral", "durable", "orphaned", "zombie", "phantom", "spurious", "sporadic", "intermittent",
-    "flaky", "lopsided", "skewed", "jammed", "wedged", "starved", "saturated", "overcommitted",
-    "fjord", "glacier", "tundra", "mesa", "estuary", "archipelago", "isthmus", "caldera",
+    "allowlist", "fjord", "glacier", "tundra", "mesa", "estuary", "archipelago", "isthmus",
+    "caldera",
+];
+/// Adjectives of log messages, Zipf-ranked.
+pub(crate) const ADJECTIVES: &[&str] = &[
+    "new", "stale", "pending", "failed", "expired", "empty", "full", "missing", "duplicate",
+    "invalid", "corrupt", "truncated", "oversized", "unknown", "disabled", "enabled", "paused",
+    "resumed", "degraded", "healthy", "unhealthy", "primary", "secondary", "tertiary", "cold",
+    "warm", "hot", "frozen", "ephemeral", "durable", "orphaned", "zombie", "phantom", "spurious",
+    "sporadic", "intermittent", "flaky", "lopsided", "skewed", "jammed", "wedged", "starved",
+    "saturated", "overcommitted",
+];
+/// Adverbs that sometimes end a log message, Zipf-ranked.
+pub(crate) const ADVERBS: &[&str] = &[
+    "slowly", "quickly", "twice", "again", "partially", "unexpectedly", "safely", "already",
+    "still", "never",
+];
+/// Prepositions that join the noun phrases of a log message, Zipf-ranked.
+pub(crate) const PREPOSITIONS: &[&str] = &[
+    "for", "from", "to", "in", "on", "with", "after", "by", "before", "while", "during", "via",
+    "behind", "despite", "without",
 ];
 
 /// Suffixes that end some log messages; `{}` is replaced by a number.
@@ -295,7 +308,10 @@ mod tests {
         vec![
             ("MODULES", MODULES.to_vec()),
             ("STARTERS", STARTERS.to_vec()),
-            ("WORDS", WORDS.to_vec()),
+            ("NOUNS", NOUNS.to_vec()),
+            ("ADJECTIVES", ADJECTIVES.to_vec()),
+            ("ADVERBS", ADVERBS.to_vec()),
+            ("PREPOSITIONS", PREPOSITIONS.to_vec()),
             (
                 "MESSAGE_TAILS",
                 MESSAGE_TAILS.iter().flat_map(|(a, b)| [*a, *b]).collect(),
@@ -360,10 +376,11 @@ mod tests {
 
     #[test]
     fn vocabulary_has_a_few_hundred_distinct_words() {
-        let mut words = WORDS.to_vec();
+        let all: Vec<&str> = [NOUNS, ADJECTIVES, ADVERBS, PREPOSITIONS, STARTERS].concat();
+        let mut words = all.clone();
         words.sort_unstable();
         words.dedup();
-        assert_eq!(words.len(), WORDS.len(), "duplicate words in WORDS");
-        assert!(WORDS.len() >= 300, "{}", WORDS.len());
+        assert_eq!(words.len(), all.len(), "a word is in two lists or twice in one");
+        assert!(all.len() >= 300, "{}", all.len());
     }
 }

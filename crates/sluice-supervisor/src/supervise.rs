@@ -91,6 +91,11 @@ enum Wake {
 
 /// Run until SIGTERM/SIGINT, or until the child exits for good; returns the exit code.
 pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<i32, SuperviseError> {
+    // Refuse bad settings before touching the disk.
+    cfg.log.validate()?;
+    if cfg.listen.is_some() && cfg.tls.is_none() {
+        return Err(SuperviseError::TlsMissing);
+    }
     let storage =
         DiskStorage::open(&cfg.data_dir).map_err(|source| SuperviseError::DataDir { path: cfg.data_dir.clone(), source })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

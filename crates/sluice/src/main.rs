@@ -1,1 +1,45 @@
-fn main() {}
+//! The `sluice` binary: parses the command line and dispatches to one subcommand module. No
+//! domain logic lives here; the library crates do the work and this is the only place that prints.
+
+mod certs;
+mod gen;
+mod supervise;
+mod units;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// sluice: an observability-event pipeline.
+///
+/// Every process writes JSON events to stdout; `sluice supervise` runs it, keeps its events on disk
+/// in chunks and serves them over mutually-authenticated HTTPS.
+#[derive(Parser)]
+#[command(name = "sluice", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Supervise(supervise::Args),
+    Gen(gen::Args),
+    Certs(certs::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Supervise(args) => supervise::run(args),
+        Command::Gen(args) => gen::run(args),
+        Command::Certs(args) => certs::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Helpers for end-to-end tests: run the real `sluice` binary in a temp dir, wait with deadlines,
+//! read chunk files.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Generous: these tests run on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// Poll `cond` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running `sluice supervise`.
+pub struct Supervisor {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub ready: String,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Supervisor {
+    /// Start `sluice supervise --data-dir DIR ARGS... -- COMMAND...` and wait for its ready line.
+    pub fn start(data_dir: &Path, args: &[&str], command: &[&str]) -> Supervisor {
+        let mut child = sluice()
+            .arg("supervise")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice supervise");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = loop {
+            match rx.recv_timeout(DEADLINE) {
+                Ok(line) if line.contains("ready stream=") => break line,
+                Ok(_) => continue,
+                Err(e) => panic!("supervisor never became ready: {e}"),
+            }
+        };
+        Supervisor { child, data_dir: data_dir.to_path_buf(), ready, stderr_lines: rx }
+    }
+
+    /// A `key=value` field of the ready line.
+    pub fn ready_field(&self, key: &str) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.ready))
+            .to_string()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Wait for exit; returns the exit code.
+    pub fn wait(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < DEADLINE, "supervisor did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it printed on stderr after the ready line, so far.
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr_lines.try_iter().collect()
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Chunk files in id order: (id, bytes, closed).
+pub fn chunks(dir: &Path) -> Vec<(sluice_chunk::ChunkId, Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    for ent in std::fs::read_dir(dir).expect("read data dir") {
+        let name = ent.expect("entry").file_name().to_string_lossy().into_owned();
+        let (id, closed) = if let Some(id) = name.strip_suffix(".chunk") {
+            (id.to_string(), true)
+        } else if let Some(id) = name.strip_suffix(".open") {
+            (id.to_string(), false)
+        } else {
+            continue;
+        };
+        let id = sluice_chunk::ChunkId::parse(&id).expect("chunk file names are valid ids");
+        // A file can vanish between listing and reading (retention): skip it.
+        if let Ok(bytes) = std::fs::read(dir.join(&name)) {
+            out.push((id, bytes, closed));
+        }
+    }
+    out.sort_by_key(|c| c.0);
+    out
+}
+
+/// All lines of all chunks in order.
+pub fn all_lines(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (_, bytes, _) in chunks(dir) {
+        out.extend(bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    out
+}
+
+pub fn is_own(line: &[u8]) -> bool {
+    contains(line, b"\"sluice_origin\":\"supervisor\"")
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Own events of a kind, as text.
+pub fn own_events(dir: &Path, kind: &str) -> Vec<String> {
+    let pat = format!("\"sluice_event\":\"{kind}\"");
+    all_lines(dir)
+        .into_iter()
+        .filter(|l| is_own(l) && contains(l, pat.as_bytes()))
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .collect()
+}
+
+/// Output of `sluice gen ARGS`.
+pub fn gen_output(args: &[&str]) -> Vec<u8> {
+    let out = sluice().arg("gen").args(args).output().expect("run sluice gen");
+    assert!(out.status.success(), "sluice gen failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
