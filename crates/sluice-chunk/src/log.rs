@@ -302,6 +302,7 @@ struct State<F> {
     dir_dirty: bool,
     own: Vec<u8>,
     block_attempts: u32,
+    in_retention: bool,
 }
 
 /// Why a chunk cannot be read.
@@ -443,6 +444,7 @@ impl<S: Storage> ChunkLog<S> {
                 dir_dirty: false,
                 own: Vec::new(),
                 block_attempts: 0,
+                in_retention: false,
             }),
             sync_lock: Mutex::new(()),
             changed: event_listener::Event::new(),
@@ -698,10 +700,15 @@ impl<S: Storage> ChunkLog<S> {
         Ok(())
     }
 
-    /// Close the open chunk and open the next one.
+    /// Close the open chunk and open the next one; then apply retention, so the size limit holds
+    /// at every rotation and not only at the next tick.
     fn rotate(&self, st: &mut Guard<'_, S::File>, reason: &str) -> Result<(), LogError> {
         let closed = self.close_open_chunk(st, reason)?;
-        self.open_new_chunk(st, Some(closed))
+        self.open_new_chunk(st, Some(closed))?;
+        if !st.in_retention {
+            self.apply_retention(st)?;
+        }
+        Ok(())
     }
 
     /// Write the closing event and retire the open chunk: synced and renamed now (always/never)
@@ -793,7 +800,10 @@ impl<S: Storage> ChunkLog<S> {
         let dir_dirty = {
             let mut st = lock(&self.state);
             for p in &pending {
-                self.rename_closed(&mut st, p.id)?;
+                // Retention may have discarded it meanwhile.
+                if st.chunks.contains_key(&p.id) {
+                    self.rename_closed(&mut st, p.id)?;
+                }
             }
             if let (Some((id, len, _)), Some(o)) = (&open, st.open.as_mut()) {
                 if o.id == *id {
@@ -829,16 +839,23 @@ impl<S: Storage> ChunkLog<S> {
 
     /// Discard closed chunks past the age limit, then the oldest while over the size limit.
     fn apply_retention(&self, st: &mut Guard<'_, S::File>) -> Result<(), LogError> {
+        // Discard events can themselves rotate the chunk; that rotation must not recurse here.
+        st.in_retention = true;
+        let r = self.apply_retention_inner(st);
+        st.in_retention = false;
+        r
+    }
+
+    fn apply_retention_inner(&self, st: &mut Guard<'_, S::File>) -> Result<(), LogError> {
         let now = self.clock.wall_ns();
         let age_max = self.config.retention_age_max.as_nanos() as u64;
         loop {
-            let pending: Vec<ChunkId> = st.pending.iter().map(|p| p.id).collect();
             let oldest = st
                 .chunks
                 .iter()
-                .find(|(id, m)| m.state == ChunkState::Closed && m.renamed && !pending.contains(id))
-                .map(|(id, m)| (*id, m.len, m.closed_ns));
-            let Some((id, len, closed_ns)) = oldest else { return Ok(()) };
+                .find(|(_, m)| m.state == ChunkState::Closed)
+                .map(|(id, m)| (*id, m.len, m.closed_ns, m.renamed));
+            let Some((id, len, closed_ns, renamed)) = oldest else { return Ok(()) };
             let reason = if now.saturating_sub(closed_ns) > age_max {
                 "age"
             } else if st.total_bytes > self.config.retention_bytes_max {
@@ -846,7 +863,11 @@ impl<S: Storage> ChunkLog<S> {
             } else {
                 return Ok(());
             };
-            match self.storage.remove(&closed_name(id)) {
+            // A chunk closed but not yet synced is discarded too (the sync pass skips it), so a fast
+            // writer cannot overshoot the size limit by a sync interval's worth of chunks.
+            st.pending.retain(|p| p.id != id);
+            let name = if renamed { closed_name(id) } else { open_name(id) };
+            match self.storage.remove(&name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(format!("cannot remove chunk {id} for retention"))(e)),
@@ -884,6 +905,7 @@ impl<S: Storage> ChunkLog<S> {
         {
             let mut st = lock(&self.state);
             if st.open.is_some() {
+                self.apply_retention(&mut st)?;
                 self.close_open_chunk(&mut st, "shutdown")?;
             }
         }

@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use crate::class::{BadClass, BadClasses};
 use crate::scan::{self, Kind, Member, NotJson, Shape, Visitor, TIME_NS_MAX};
+use crate::simple::{self, Defer};
 
 /// Name of the key that carries the event time.
 const TIME_NS: &[u8] = b"time_ns";
@@ -158,6 +159,18 @@ impl Visitor for Fast {
 /// The classes of a line; see [`crate::check_line`].
 #[inline]
 pub(crate) fn classes(line: &[u8], allow_reserved: bool) -> BadClasses {
+    let mut fast = Fast { classifier: Classifier::new(allow_reserved), words: [0; KEYS_FAST_MAX], keys: 0 };
+    match simple::walk(line, &mut fast) {
+        Ok(false) => fast.classifier.finish().0,
+        Ok(true) if std::str::from_utf8(line).is_ok() => fast.classifier.finish().0,
+        Ok(true) => BadClass::InvalidUtf8.into(),
+        Err(Defer) => classes_general(line, allow_reserved),
+    }
+}
+
+/// The classes of any line, by the general scanner.
+#[inline(never)]
+pub(crate) fn classes_general(line: &[u8], allow_reserved: bool) -> BadClasses {
     if line.is_empty() {
         return BadClass::Empty.into();
     }
@@ -270,7 +283,9 @@ mod tests {
         ] {
             let line = line.as_bytes();
             for allow in [false, true] {
-                assert_eq!(classes(line, allow), analyze(line, allow).classes, "{}", String::from_utf8_lossy(line));
+                let expected = analyze(line, allow).classes;
+                assert_eq!(classes(line, allow), expected, "{}", String::from_utf8_lossy(line));
+                assert_eq!(classes_general(line, allow), expected, "{}", String::from_utf8_lossy(line));
             }
         }
     }
@@ -316,7 +331,9 @@ mod tests {
             let body: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
             let line = format!("{{{}}}", body.join(","));
             let line = line.as_bytes();
-            proptest::prop_assert_eq!(classes(line, allow), analyze(line, allow).classes);
+            let expected = analyze(line, allow).classes;
+            proptest::prop_assert_eq!(classes(line, allow), expected);
+            proptest::prop_assert_eq!(classes_general(line, allow), expected);
         }
     }
 

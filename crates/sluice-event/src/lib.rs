@@ -74,6 +74,7 @@ mod class;
 mod id;
 mod own;
 mod scan;
+mod simple;
 mod wrap;
 
 pub use class::{BadClass, BadClasses};

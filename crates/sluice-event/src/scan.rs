@@ -92,7 +92,7 @@ fn is_digit(c: u8) -> bool {
 }
 
 #[inline(always)]
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && is_ws(b[i]) {
         i += 1;
     }
@@ -220,7 +220,7 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
 /// Scans a number starting at `i` (a `-` or a digit) by the JSON grammar. The integer case,
 /// nearly every number in real lines, is one pass; fractions and exponents go the cold way.
 #[inline(always)]
-fn scan_number(b: &[u8], start: usize) -> Result<(usize, Kind), NotJson> {
+pub(crate) fn scan_number(b: &[u8], start: usize) -> Result<(usize, Kind), NotJson> {
     let negative = b[start] == b'-';
     let int_start = start + usize::from(negative);
     let first = *b.get(int_start).ok_or(NotJson)?;

@@ -4,9 +4,7 @@
 //! rule, and most are made from a valid event so everything else about them is realistic. This
 //! module only writes them; deciding how often is `Generator::next_line`'s job.
 
-use crate::event::{
-    key_n, key_s, put_hex, put_ip, put_padded, put_time, put_u64, Generator,
-};
+use crate::event::{key_n, key_s, put_hex, put_ip, put_padded, put_time, put_u64, Generator};
 use crate::vocab::{DEPRECATIONS, EXCEPTIONS, JAVA_CLASSES, JAVA_METHODS, RESOURCES};
 use crate::TIME_NS_MAX;
 
@@ -90,30 +88,13 @@ impl BadClass {
 /// Length of `{"time_ns":`, the prefix of every valid event.
 const TIME_PREFIX_BYTES: usize = 11;
 
-const TOO_LARGE_TIMES: &[&str] = &[
-    "9223372036854775808",
-    "18446744073709551615",
-    "99999999999999999999",
-];
-const BOOL_NULL_PAIRS: &[&str] = &[
-    ",\"cached\":true",
-    ",\"retried\":false",
-    ",\"parent_span\":null",
-];
-const RESERVED_PAIRS: &[&str] = &[
-    ",\"sluice_source\":\"forged\"",
-    ",\"sluice_id\":\"00000000000000000000000000000000\"",
-    ",\"sluice_seq\":7",
-];
+const TOO_LARGE_TIMES: &[&str] = &["9223372036854775808", "18446744073709551615", "99999999999999999999"];
+const BOOL_NULL_PAIRS: &[&str] = &[",\"cached\":true", ",\"retried\":false", ",\"parent_span\":null"];
+const RESERVED_PAIRS: &[&str] =
+    &[",\"sluice_source\":\"forged\"", ",\"sluice_id\":\"00000000000000000000000000000000\"", ",\"sluice_seq\":7"];
 /// Each is invalid UTF-8 in its own way: a cut two-byte sequence, bytes never valid, a lone
 /// continuation byte, an overlong encoding of '/', an encoded UTF-16 surrogate.
-const INVALID_UTF8: &[&[u8]] = &[
-    b"caf\xc3",
-    b"\xff\xfe",
-    b"\x80abc",
-    b"\xc0\xaf",
-    b"\xed\xa0\x80",
-];
+const INVALID_UTF8: &[&[u8]] = &[b"caf\xc3", b"\xff\xfe", b"\x80abc", b"\xc0\xaf", b"\xed\xa0\x80"];
 
 impl Generator {
     /// Append one bad line of class `class` (one line + '\n') to `out`.
@@ -125,10 +106,7 @@ impl Generator {
         self.write_event(time_ns, &mut base);
         let body = &base[..base.len() - 1];
         let comma = TIME_PREFIX_BYTES
-            + body[TIME_PREFIX_BYTES..]
-                .iter()
-                .position(|&b| b == b',')
-                .expect("every event has a key after time_ns");
+            + body[TIME_PREFIX_BYTES..].iter().position(|&b| b == b',').expect("every event has a key after time_ns");
         let digits = &body[TIME_PREFIX_BYTES..comma];
         // The pairs after time_ns, without the closing brace.
         let pairs = &body[comma + 1..body.len() - 1];
@@ -162,11 +140,7 @@ impl Generator {
             }
             BadClass::Negative => {
                 out.extend_from_slice(open);
-                out.extend_from_slice(if v % 2 == 0 {
-                    key_n!("offset_ms")
-                } else {
-                    key_n!("balance_delta")
-                });
+                out.extend_from_slice(if v % 2 == 0 { key_n!("offset_ms") } else { key_n!("balance_delta") });
                 out.push(b'-');
                 put_u64(out, self.rng.range(1, 5_000));
                 out.extend_from_slice(b"}\n");
@@ -206,10 +180,7 @@ impl Generator {
             }
             BadClass::DuplicateKey => {
                 // Keys and string values never contain `,"`, so it marks the next pair.
-                let first_end = pairs
-                    .windows(2)
-                    .position(|w| w == b",\"")
-                    .unwrap_or(pairs.len());
+                let first_end = pairs.windows(2).position(|w| w == b",\"").unwrap_or(pairs.len());
                 out.extend_from_slice(open);
                 out.push(b',');
                 out.extend_from_slice(&pairs[..first_end]);
@@ -406,9 +377,9 @@ impl Generator {
                 put_ip(out, ip);
                 out.push(b')');
             }
-            _ => out.extend_from_slice(
-                b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
-            ),
+            _ => {
+                out.extend_from_slice(b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace")
+            }
         }
         out.push(b'\n');
     }
@@ -419,9 +390,7 @@ impl Generator {
     }
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 /// A UTC calendar time, from ns since the Unix epoch.
 struct Civil {

@@ -42,6 +42,8 @@ const KIND_APP_END: u64 = 880;
 const KIND_WORKER_END: u64 = 950;
 const KIND_QUEUE_END: u64 = 975;
 const KIND_MIX_SCALE: u64 = 1_000;
+/// Page sizes of paginated collection requests.
+const PAGE_LIMITS: [u64; 3] = [20, 50, 100];
 /// Salt of the user-to-address hash, so user ids and addresses do not look alike.
 const IP_SALT: u64 = 0x1B_ADD7;
 /// Salt of the user-to-old-email hash.
@@ -104,9 +106,7 @@ impl Tables {
             prepositions: Zipf::new(PREPOSITIONS.len(), 1.0),
             users: Zipf::new(USERS, USERS_ZIPF_Q),
             rpc: Zipf::new(RPC_METHODS.len(), 1.0),
-            server_errors: Zipf::from_weights(
-                &SERVER_ERRORS.iter().map(|(_, w)| *w).collect::<Vec<_>>(),
-            ),
+            server_errors: Zipf::from_weights(&SERVER_ERRORS.iter().map(|(_, w)| *w).collect::<Vec<_>>()),
             endpoints: build_endpoints(),
             endpoint_rank: Zipf::new(endpoint_count(), 2.0),
             actions: Zipf::new(APP_ACTIONS.len(), 1.0),
@@ -127,23 +127,13 @@ impl Tables {
 const ENDPOINTS_PER_RESOURCE: usize = 7;
 
 fn endpoint_count() -> usize {
-    RESOURCES.len() * ENDPOINTS_PER_RESOURCE
-        + PAGES.len()
-        + DOC_TOPICS.len()
-        + STATIC_ASSETS.len()
-        + 1
+    RESOURCES.len() * ENDPOINTS_PER_RESOURCE + PAGES.len() + DOC_TOPICS.len() + STATIC_ASSETS.len() + 1
 }
 
 /// A few hundred endpoints, in a fixed pseudo-random popularity order.
 fn build_endpoints() -> Vec<Endpoint> {
     fn ep(head: String, id_hex: u8, tail: String, kind: EndpointKind, median_ms: f64) -> Endpoint {
-        Endpoint {
-            head: head.into_boxed_str(),
-            id_hex,
-            tail: tail.into_boxed_str(),
-            kind,
-            median_ms,
-        }
+        Endpoint { head: head.into_boxed_str(), id_hex, tail: tail.into_boxed_str(), kind, median_ms }
     }
     use EndpointKind::*;
     let mut v = Vec::with_capacity(endpoint_count());
@@ -261,9 +251,7 @@ impl Generator {
     pub fn next_time_ns(&mut self) -> u64 {
         let t = self.timeline_next_ns;
         let span = self.step_ns.saturating_mul(2).saturating_add(1);
-        self.timeline_next_ns = t
-            .saturating_add(self.timeline_rng.below(span))
-            .min(TIME_NS_MAX);
+        self.timeline_next_ns = t.saturating_add(self.timeline_rng.below(span)).min(TIME_NS_MAX);
         t
     }
 
@@ -474,6 +462,23 @@ impl Generator {
             put_hex(out, rng.next_u64(), usize::from(ep.id_hex));
         }
         out.extend_from_slice(ep.tail.as_bytes());
+        match ep.kind {
+            Collection if verb == "GET" && rng.below(10) < 3 => {
+                out.extend_from_slice(b"?page=");
+                put_u64(out, rng.duration_ms(2.0, 1.5) + 1);
+                out.extend_from_slice(b"&limit=");
+                put_u64(out, PAGE_LIMITS[rng.index(PAGE_LIMITS.len())]);
+            }
+            Search if verb == "GET" => {
+                out.extend_from_slice(b"?q=");
+                out.extend_from_slice(NOUNS[self.t.nouns.sample(rng)].as_bytes());
+                if rng.below(2) == 0 {
+                    out.push(b'+');
+                    out.extend_from_slice(NOUNS[self.t.nouns.sample(rng)].as_bytes());
+                }
+            }
+            _ => {}
+        }
         out.push(b'"');
         put_num(out, key_n!("status"), status);
         put_num(out, key_n!("duration_ms"), duration_ms);
@@ -488,18 +493,11 @@ impl Generator {
         let t = &self.t;
         let action = APP_ACTIONS[t.actions.sample(rng)];
         let (version, device) = match rng.below(100) {
-            0..45 => (
-                IOS_VERSIONS[t.ios_versions.sample(rng)],
-                IOS_DEVICES[t.ios_devices.sample(rng)],
-            ),
-            45..85 => (
-                ANDROID_VERSIONS[t.android_versions.sample(rng)],
-                ANDROID_DEVICES[t.android_devices.sample(rng)],
-            ),
-            _ => (
-                WEB_VERSIONS[t.web_versions.sample(rng)],
-                WEB_DEVICES[t.web_devices.sample(rng)],
-            ),
+            0..45 => (IOS_VERSIONS[t.ios_versions.sample(rng)], IOS_DEVICES[t.ios_devices.sample(rng)]),
+            45..85 => {
+                (ANDROID_VERSIONS[t.android_versions.sample(rng)], ANDROID_DEVICES[t.android_devices.sample(rng)])
+            }
+            _ => (WEB_VERSIONS[t.web_versions.sample(rng)], WEB_DEVICES[t.web_devices.sample(rng)]),
         };
         put_time(out, time_ns);
         put_str(out, key_s!("action"), action);
@@ -541,11 +539,8 @@ impl Generator {
         let g = &mut self.gauges;
         // A random walk pulled back towards a short queue, with occasional bursts of work.
         let q = g.queue_length;
-        g.queue_length = if rng.below(50) == 0 {
-            q + rng.range(50, 500)
-        } else {
-            (q + rng.range(0, 6)).saturating_sub(3 + q / 10)
-        };
+        g.queue_length =
+            if rng.below(50) == 0 { q + rng.range(50, 500) } else { (q + rng.range(0, 6)).saturating_sub(3 + q / 10) };
         let f = g.failed_item_count;
         g.failed_item_count = if rng.below(100) == 0 {
             f + rng.range(1, 5)
@@ -583,13 +578,13 @@ impl Generator {
         out.extend_from_slice(b"}\n");
     }
 
-    /// A log message: a starter, a noun phrase, up to two prepositional phrases, sometimes an
+    /// A log message: a starter, a noun phrase, one to three prepositional phrases, sometimes an
     /// adverb and a number, e.g. "Evicted stale session token from the primary replica after 3
     /// attempts". A rare word, if given, is the head noun of the first phrase.
     pub(crate) fn put_message(&mut self, rare: Option<&'static str>, out: &mut Vec<u8>) {
         out.extend_from_slice(STARTERS[self.t.starters.sample(&mut self.rng)].as_bytes());
         self.put_noun_phrase(rare, out);
-        for _ in 0..self.rng.below(3) {
+        for _ in 0..self.rng.range(1, 3) {
             out.push(b' ');
             out.extend_from_slice(PREPOSITIONS[self.t.prepositions.sample(&mut self.rng)].as_bytes());
             self.put_noun_phrase(None, out);
@@ -759,10 +754,7 @@ mod tests {
     #[test]
     fn endpoints_are_a_few_hundred_distinct_paths() {
         let eps = build_endpoints();
-        let mut keys: Vec<String> = eps
-            .iter()
-            .map(|e| format!("{}{}{}", e.head, e.id_hex, e.tail))
-            .collect();
+        let mut keys: Vec<String> = eps.iter().map(|e| format!("{}{}{}", e.head, e.id_hex, e.tail)).collect();
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), eps.len());
@@ -785,9 +777,7 @@ mod tests {
             out.clear();
             gen.write_event(i, &mut out);
             let line = std::str::from_utf8(&out).unwrap();
-            let found: Vec<usize> = (0..RARE_WORDS.len())
-                .filter(|&w| line.contains(RARE_WORDS[w].word))
-                .collect();
+            let found: Vec<usize> = (0..RARE_WORDS.len()).filter(|&w| line.contains(RARE_WORDS[w].word)).collect();
             match found[..] {
                 [] => {}
                 [w] => {

@@ -6,7 +6,7 @@
 //!
 //! Stdout gets one JSON object per line, `time_ns` first, every other value a string or a
 //! non-negative integer, no escapes needed (all strings are plain ASCII). Lines average about
-//! 165 bytes. The mix of kinds (seed 000):
+//! 160 bytes. The mix of kinds (seed 000):
 //!
 //! | share | kind | keys after `time_ns` |
 //! |---|---|---|
@@ -33,8 +33,6 @@
 //! The same seed and configuration give byte-identical output on every platform and with every
 //! dependency version (own PRNG, no system maths functions; see `rng.rs`); a golden test pins it.
 //! With a `rate`, `time_ns` is the wall clock, so only the content is reproducible.
-
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod bad;
 mod event;
@@ -137,24 +135,13 @@ pub enum LineKind {
 /// A broken pipe on stdout ends generation quietly with Ok (like `yes | head`); a broken pipe on
 /// stderr only stops the stderr lines. An invalid configuration is an `InvalidInput` error
 /// wrapping a [`GenConfigError`].
-pub fn run(
-    cfg: &GenConfig,
-    stdout: &mut dyn Write,
-    stderr: &mut dyn Write,
-) -> io::Result<u64> {
-    cfg.validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+pub fn run(cfg: &GenConfig, stdout: &mut dyn Write, stderr: &mut dyn Write) -> io::Result<u64> {
+    cfg.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut gen = Generator::new(cfg);
     let mut output = Output::new(stdout, stderr);
     match cfg.rate {
         None => run_unpaced(cfg.count, &mut gen, &mut output),
-        Some(rate) => pace::run_paced(
-            cfg.count,
-            rate,
-            &mut gen,
-            &mut output,
-            &mut pace::SystemClock::new(),
-        ),
+        Some(rate) => pace::run_paced(cfg.count, rate, &mut gen, &mut output, &mut pace::SystemClock::new()),
     }
 }
 
@@ -190,13 +177,7 @@ pub(crate) struct Output<'a> {
 
 impl<'a> Output<'a> {
     pub(crate) fn new(stdout: &'a mut dyn Write, stderr: &'a mut dyn Write) -> Self {
-        Output {
-            stdout,
-            stderr,
-            stderr_open: true,
-            out_buf: Vec::with_capacity(BLOCK_BYTES * 2),
-            err_buf: Vec::new(),
-        }
+        Output { stdout, stderr, stderr_open: true, out_buf: Vec::with_capacity(BLOCK_BYTES * 2), err_buf: Vec::new() }
     }
 
     /// Generates one line into the buffer of the stream it belongs to.
@@ -221,10 +202,8 @@ impl<'a> Output<'a> {
     /// reader has gone, stop quietly.
     pub(crate) fn drain(&mut self, flush: bool) -> io::Result<bool> {
         if self.stderr_open && (!self.err_buf.is_empty() || flush) {
-            let r = self
-                .stderr
-                .write_all(&self.err_buf)
-                .and_then(|()| if flush { self.stderr.flush() } else { Ok(()) });
+            let r =
+                self.stderr.write_all(&self.err_buf).and_then(|()| if flush { self.stderr.flush() } else { Ok(()) });
             self.err_buf.clear();
             match r {
                 // Nobody reads stderr any more: stop producing for it, keep going on stdout.
@@ -232,10 +211,7 @@ impl<'a> Output<'a> {
                 r => r?,
             }
         }
-        let r = self
-            .stdout
-            .write_all(&self.out_buf)
-            .and_then(|()| if flush { self.stdout.flush() } else { Ok(()) });
+        let r = self.stdout.write_all(&self.out_buf).and_then(|()| if flush { self.stdout.flush() } else { Ok(()) });
         self.out_buf.clear();
         match r {
             // Like `yes | head`: the reader has what it wanted; that is not an error.

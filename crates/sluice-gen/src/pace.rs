@@ -39,9 +39,7 @@ pub(crate) struct SystemClock {
 
 impl SystemClock {
     pub(crate) fn new() -> Self {
-        SystemClock {
-            start: Instant::now(),
-        }
+        SystemClock { start: Instant::now() }
     }
 }
 
@@ -90,8 +88,8 @@ pub(crate) fn run_paced(
         let n = due.saturating_sub(scheduled).min(remaining).min(PACE_BATCH_MAX);
         if n == 0 {
             // Line number `scheduled` is due at `scheduled / rate`.
-            let wait_s = (scheduled as f64 / rate - now)
-                .clamp(PACE_SLEEP_MIN.as_secs_f64(), PACE_SLEEP_MAX.as_secs_f64());
+            let wait_s =
+                (scheduled as f64 / rate - now).clamp(PACE_SLEEP_MIN.as_secs_f64(), PACE_SLEEP_MAX.as_secs_f64());
             clock.sleep(Duration::from_secs_f64(wait_s));
             continue;
         }
@@ -170,10 +168,7 @@ mod tests {
     }
 
     fn run_fake(rate: f64, count: u64, stall: Option<(usize, Duration)>) -> (u64, World) {
-        let world = Rc::new(RefCell::new(World {
-            stall,
-            ..World::default()
-        }));
+        let world = Rc::new(RefCell::new(World { stall, ..World::default() }));
         let cfg = GenConfig::default();
         let mut gen = Generator::new(&cfg);
         let mut out = FakeOut(world.clone());

@@ -139,9 +139,7 @@ pub(crate) fn exp2(x: f64) -> f64 {
     let i = x.floor();
     let t = (x - i) * core::f64::consts::LN_2;
     // Taylor series of e^t for t in [0, ln 2), Horner form.
-    let p = 1.0
-        + t * (1.0
-            + t / 2.0 * (1.0 + t / 3.0 * (1.0 + t / 4.0 * (1.0 + t / 5.0 * (1.0 + t / 6.0)))));
+    let p = 1.0 + t * (1.0 + t / 2.0 * (1.0 + t / 3.0 * (1.0 + t / 4.0 * (1.0 + t / 5.0 * (1.0 + t / 6.0)))));
     // 2^i exactly, by building the exponent bits; i is within ±60 so this is a normal number.
     p * f64::from_bits(((i as i64 + 1023) as u64) << 52)
 }
@@ -177,9 +175,7 @@ impl Zipf {
         if let Some(last) = cdf.last_mut() {
             *last = 1 << 32;
         }
-        Zipf {
-            cdf: cdf.into_boxed_slice(),
-        }
+        Zipf { cdf: cdf.into_boxed_slice() }
     }
 
     #[inline]

@@ -633,10 +633,13 @@ fn parse_offset(query: Option<&str>) -> Result<Option<u64>, ServeError> {
         if offset.is_some() {
             return Err(ServeError::BadQuery("offset given twice: give it once".into()));
         }
-        let decimal = !value.is_empty() && value.len() <= OFFSET_DIGITS_MAX && value.bytes().all(|b| b.is_ascii_digit());
-        let n = value.parse::<u64>().ok().filter(|_| decimal).ok_or_else(|| {
-            ServeError::BadQuery("offset must be a decimal byte count, as in offset=4096".into())
-        })?;
+        let decimal =
+            !value.is_empty() && value.len() <= OFFSET_DIGITS_MAX && value.bytes().all(|b| b.is_ascii_digit());
+        let n = value
+            .parse::<u64>()
+            .ok()
+            .filter(|_| decimal)
+            .ok_or_else(|| ServeError::BadQuery("offset must be a decimal byte count, as in offset=4096".into()))?;
         offset = Some(n);
     }
     Ok(offset)
@@ -790,4 +793,164 @@ fn read_at(file: &File, pos: u64, n: usize) -> io::Result<Bytes> {
     let mut buf = vec![0u8; n];
     file.read_exact_at(&mut buf, pos)?;
     Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_chunk::{FsyncPolicy, LogConfig, SystemClock};
+
+    #[test]
+    fn byte_ranges_parse_and_resolve() {
+        let cases: [(&str, Option<ByteRange>); 12] = [
+            ("bytes=0-", Some(ByteRange::From(0))),
+            ("bytes=100-", Some(ByteRange::From(100))),
+            (" bytes=10-19 ", Some(ByteRange::FromTo(10, 19))),
+            ("bytes=-5", Some(ByteRange::Last(5))),
+            ("bytes=19-10", None),
+            ("bytes=0-1,5-6", None),
+            ("bytes=-", None),
+            ("bytes=a-", None),
+            ("bytes=+1-", None),
+            ("items=0-", None),
+            ("bytes=99999999999999999999999-", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ByteRange::parse(text), want, "{text:?}");
+        }
+        let len = 100;
+        assert_eq!(ByteRange::From(0).resolve(len), Some((0, 100)));
+        assert_eq!(ByteRange::From(99).resolve(len), Some((99, 100)));
+        assert_eq!(ByteRange::From(100).resolve(len), None);
+        assert_eq!(ByteRange::FromTo(10, 19).resolve(len), Some((10, 20)));
+        assert_eq!(ByteRange::FromTo(90, u64::MAX).resolve(len), Some((90, 100)));
+        assert_eq!(ByteRange::FromTo(100, 200).resolve(len), None);
+        assert_eq!(ByteRange::Last(5).resolve(len), Some((95, 100)));
+        assert_eq!(ByteRange::Last(500).resolve(len), Some((0, 100)));
+        assert_eq!(ByteRange::Last(0).resolve(len), None);
+    }
+
+    #[test]
+    fn offsets_are_one_decimal_parameter() {
+        assert_eq!(parse_offset(None).ok(), Some(None));
+        assert_eq!(parse_offset(Some("")).ok(), Some(None));
+        assert_eq!(parse_offset(Some("offset=0")).ok(), Some(Some(0)));
+        assert_eq!(parse_offset(Some("offset=4096")).ok(), Some(Some(4096)));
+        assert_eq!(parse_offset(Some("offset=18446744073709551615")).ok(), Some(Some(u64::MAX)));
+        for bad in [
+            "offset",
+            "offset=",
+            "offset=x",
+            "offset=-1",
+            "offset=+1",
+            "offset=1.5",
+            "offset=0x10",
+            "offset=1&offset=1",
+            "limit=5",
+            "offset=18446744073709551616",
+        ] {
+            assert!(matches!(parse_offset(Some(bad)), Err(ServeError::BadQuery(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison() {
+        let etag = "\"s-C-10\"";
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::IF_NONE_MATCH, HeaderValue::from_static(v));
+            if_none_match(&h, etag)
+        };
+        assert!(with("\"s-C-10\""));
+        assert!(with("W/\"s-C-10\""));
+        assert!(with("\"x\", \"s-C-10\""));
+        assert!(with("*"));
+        assert!(!with("\"s-C-11\""));
+        assert!(!if_none_match(&HeaderMap::new(), etag));
+    }
+
+    #[test]
+    fn rejection_events_admit_ten_a_second_and_report_the_rest() {
+        let mut limit = RejectEvents::default();
+        let t0 = Instant::now();
+        for _ in 0..REJECT_EVENTS_PER_WINDOW {
+            assert_eq!(limit.admit(t0), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(limit.admit(t0 + Duration::from_millis(999)), None);
+        }
+        assert_eq!(limit.admit(t0 + REJECT_EVENT_WINDOW), Some(5), "the next window reports what was left out");
+        assert_eq!(limit.admit(t0 + REJECT_EVENT_WINDOW), Some(0));
+    }
+
+    fn chunks() -> (tempfile::TempDir, Chunks) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = LogConfig {
+            chunk_bytes_max: 64 * 1024,
+            line_bytes_max: 4096,
+            fsync: FsyncPolicy::Never,
+            ..LogConfig::default()
+        };
+        let storage = DiskStorage::open(dir.path()).expect("data dir");
+        let (log, _) = ChunkLog::open(storage, config, Arc::new(SystemClock)).expect("log");
+        (dir, Chunks::new(Arc::new(log), Arc::new(Metrics::default())))
+    }
+
+    fn status(chunks: &Chunks, method: &str, uri: &str) -> StatusCode {
+        let req = Request::builder().method(method).uri(uri).body(()).expect("request");
+        let response = chunks.respond(&req);
+        assert_eq!(response.headers().get(HEADER_STREAM_ID), Some(&chunks.stream_id), "{uri}");
+        response.status()
+    }
+
+    #[test]
+    fn routes_map_to_statuses() {
+        let (_dir, chunks) = chunks();
+        let open = chunks.log.open_chunk_id().expect("open chunk");
+        let len = chunks.log.progress(open).expect("open chunk").len;
+        let cases = [
+            ("GET", "/chunk/".to_string(), 200),
+            ("HEAD", "/chunk/".to_string(), 200),
+            ("GET", format!("/chunk/{open}"), 200),
+            ("GET", format!("/chunk/{open}?offset={len}"), 200),
+            ("GET", format!("/chunk/{open}?offset={}", len + 1), 416),
+            ("GET", format!("/chunk/{open}?offset=x"), 400),
+            ("GET", "/chunk/Z".to_string(), 404),
+            ("GET", "/chunk/11".to_string(), 404),
+            ("GET", "/chunk/../x".to_string(), 400),
+            ("GET", "/chunk/%2e%2e".to_string(), 400),
+            ("GET", "/chunk/abc".to_string(), 400),
+            ("GET", "/chunk/CCCCCCCCCCCCCCCCC".to_string(), 400),
+            ("GET", "/chunk//".to_string(), 400),
+            ("GET", "/chunk/?offset=1".to_string(), 400),
+            ("GET", "/chunk".to_string(), 404),
+            ("GET", "/".to_string(), 404),
+            ("PUT", "/chunk/".to_string(), 405),
+            ("DELETE", format!("/chunk/{open}"), 405),
+        ];
+        for (method, uri, want) in cases {
+            assert_eq!(status(&chunks, method, &uri), want, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn documented_listing_example_is_what_the_listing_writes() {
+        let doc_example = "TLKQ9F1\nTLKQ9F2\nTLKQ9G7\n";
+        let ids: Vec<ChunkId> =
+            doc_example.lines().map(|l| ChunkId::parse(l).expect("documented ids are valid")).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        let (_dir, chunks) = chunks();
+        let response = chunks.listing();
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(CONTENT_TYPE_TEXT.as_bytes())
+        );
+        let expected: String = chunks.log.list().iter().map(|c| format!("{}\n", c.id)).collect();
+        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .expect("a listing body is ready at once")
+            .expect("a listing body cannot fail")
+            .to_bytes();
+        assert_eq!(body, expected.as_bytes());
+    }
 }

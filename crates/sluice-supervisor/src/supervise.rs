@@ -254,7 +254,15 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
         }
     };
 
-    let _ = log.append_own(|b, now| OwnEvent::new(b, now, "supervisor_stopping").u64("exit_code", code as u64).finish());
+    let usage = self_usage();
+    let _ = log.append_own(|b, now| {
+        OwnEvent::new(b, now, "supervisor_stopping")
+            .u64("exit_code", code as u64)
+            .u64("cpu_user_us", usage.0)
+            .u64("cpu_system_us", usage.1)
+            .u64("max_rss_kb", usage.2)
+            .finish()
+    });
     // Closing the chunk ends every follower's response properly, then the listeners stop.
     let close = log.close();
     let _ = shutdown_tx.send(true);
@@ -264,6 +272,18 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
     maintenance.stop();
     close?;
     Ok(code)
+}
+
+/// (user CPU µs, system CPU µs, peak RSS KiB) of this process alone, children excluded.
+fn self_usage() -> (u64, u64, u64) {
+    // SAFETY: getrusage writes into the zeroed struct we own; RUSAGE_SELF is always valid.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    (us(ru.ru_utime), us(ru.ru_stime), ru.ru_maxrss as u64)
 }
 
 async fn wait_child(
