@@ -88,7 +88,9 @@ impl FsyncPolicy {
                     Some(d) if !d.is_zero() => Ok(FsyncPolicy::Interval(d)),
                     _ => Err(format!("bad duration {d:?} in --fsync: write it like 200ms, 1s or 2m")),
                 },
-                None => Err(format!("unknown fsync policy {s:?}: use always, never or interval=DURATION (e.g. interval=200ms)")),
+                None => Err(format!(
+                    "unknown fsync policy {s:?}: use always, never or interval=DURATION (e.g. interval=200ms)"
+                )),
             },
         }
     }
@@ -242,7 +244,8 @@ pub struct Histogram {
 }
 
 /// Upper bounds of the histogram buckets, in seconds.
-pub const HISTOGRAM_BOUNDS_S: [f64; 12] = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+pub const HISTOGRAM_BOUNDS_S: [f64; 12] =
+    [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
@@ -378,7 +381,10 @@ impl<S: Storage> ChunkLog<S> {
                 // Our own half-written temporary file: the rename never happened, so it holds nothing.
                 storage.remove(name).map_err(io_err(format!("cannot remove {name}")))?;
             } else if let Some(id) = name.strip_suffix(CLOSED_SUFFIX).and_then(|s| ChunkId::parse(s).ok()) {
-                chunks.insert(id, ChunkMeta { len: e.len, state: ChunkState::Closed, closed_ns: e.modified_ns, renamed: true });
+                chunks.insert(
+                    id,
+                    ChunkMeta { len: e.len, state: ChunkState::Closed, closed_ns: e.modified_ns, renamed: true },
+                );
             } else if let Some(id) = name.strip_suffix(OPEN_SUFFIX).and_then(|s| ChunkId::parse(s).ok()) {
                 to_repair.push((id, e.modified_ns));
             } else {
@@ -418,7 +424,10 @@ impl<S: Storage> ChunkLog<S> {
                     f.sync_data().map_err(io_err(format!("cannot sync {name}")))?;
                 }
                 storage.rename(&name, &closed_name(id)).map_err(io_err(format!("cannot rename {name}")))?;
-                chunks.insert(id, ChunkMeta { len: keep as u64, state: ChunkState::Closed, closed_ns: modified_ns, renamed: true });
+                chunks.insert(
+                    id,
+                    ChunkMeta { len: keep as u64, state: ChunkState::Closed, closed_ns: modified_ns, renamed: true },
+                );
             }
             report.repaired.push((id, keep as u64, (data.len() - keep) as u64));
         }
@@ -532,7 +541,10 @@ impl<S: Storage> ChunkLog<S> {
         let limit = self.config.chunk_bytes_max - CLOSE_RESERVE_BYTES;
         while !lines.is_empty() {
             let open = st.open.as_ref().ok_or(LogError::Closed)?;
-            if open.has_data && self.clock.mono_ns().saturating_sub(open.opened_mono_ns) >= self.config.chunk_age_max.as_nanos() as u64 {
+            if open.has_data
+                && self.clock.mono_ns().saturating_sub(open.opened_mono_ns)
+                    >= self.config.chunk_age_max.as_nanos() as u64
+            {
                 self.rotate(st, "age")?;
                 continue;
             }
@@ -684,7 +696,15 @@ impl<S: Storage> ChunkLog<S> {
         } else {
             st.dir_dirty = true;
         }
-        st.open = Some(OpenChunk { id, file, len: 0, events: 0, opened_mono_ns: self.clock.mono_ns(), has_data: false, synced_len: 0 });
+        st.open = Some(OpenChunk {
+            id,
+            file,
+            len: 0,
+            events: 0,
+            opened_mono_ns: self.clock.mono_ns(),
+            has_data: false,
+            synced_len: 0,
+        });
         st.chunks.insert(id, ChunkMeta { len: 0, state: ChunkState::Open, closed_ns: 0, renamed: false });
         self.metrics.chunks_opened.fetch_add(1, Ordering::Relaxed);
         let mut buf = Vec::with_capacity(256);

@@ -144,14 +144,15 @@ impl Storage for DiskStorage {
                 continue;
             }
             let Some(name) = ent.file_name().to_str().map(str::to_owned) else {
-                out.push(Entry { name: ent.file_name().to_string_lossy().into_owned(), len: meta.len(), modified_ns: 0 });
+                out.push(Entry {
+                    name: ent.file_name().to_string_lossy().into_owned(),
+                    len: meta.len(),
+                    modified_ns: 0,
+                });
                 continue;
             };
-            let modified_ns = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as u64);
+            let modified_ns =
+                meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64);
             out.push(Entry { name, len: meta.len(), modified_ns });
         }
         Ok(out)

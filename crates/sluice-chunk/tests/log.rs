@@ -49,7 +49,11 @@ fn user_seqs(storage: &MemStorage, chunk_bytes_max: u64) -> Vec<u64> {
         assert!((data.len() as u64) < chunk_bytes_max, "chunk {id} has {} bytes", data.len());
         assert!(data.is_empty() || data.ends_with(b"\n"), "chunk {id} ends in a torn line");
         for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            assert!(sluice_event::check_line(line, true).is_empty(), "bad line in {id}: {}", String::from_utf8_lossy(line));
+            assert!(
+                sluice_event::check_line(line, true).is_empty(),
+                "bad line in {id}: {}",
+                String::from_utf8_lossy(line)
+            );
             let text = std::str::from_utf8(line).expect("utf-8");
             if let Some(rest) = text.split("\"seq\":").nth(1) {
                 let n: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
@@ -312,8 +316,9 @@ fn full_disk_blocks_in_block_mode_until_space_returns() {
 fn repair_cuts_torn_tail_and_reports_strays() {
     let storage = MemStorage::new();
     let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
-    let (log, _) = ChunkLog::open(storage.clone(), small_config(FsyncPolicy::Interval(Duration::from_millis(200))), clock.clone())
-        .expect("open");
+    let (log, _) =
+        ChunkLog::open(storage.clone(), small_config(FsyncPolicy::Interval(Duration::from_millis(200))), clock.clone())
+            .expect("open");
     let id = log.open_chunk_id().expect("open");
     log.append(&user_line(0, 10)).expect("append");
     log.sync().expect("sync");

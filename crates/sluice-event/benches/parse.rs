@@ -9,12 +9,17 @@ use std::time::{Duration, Instant};
 
 use sluice_event::{check_line, event_id, process_line, Limits};
 
-const LINES_PER_SET: usize = 200_000;
+const LINES_PER_SET_DEFAULT: usize = 200_000;
+
+/// Lines per set; `SLUICE_BENCH_LINES` overrides it (small values for runs under valgrind).
+fn lines_per_set() -> usize {
+    std::env::var("SLUICE_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(LINES_PER_SET_DEFAULT)
+}
 const RUNS: usize = 5;
 
 /// Lines in the shape of seed 000's examples, with varying numbers so no two are alike.
 fn valid_lines() -> Vec<Vec<u8>> {
-    (0..LINES_PER_SET)
+    (0..lines_per_set())
         .map(|i| {
             let t = 1_585_851_354_242_732_000u64 + i as u64 * 1_000;
             let line = match i % 4 {
@@ -43,11 +48,14 @@ fn valid_lines() -> Vec<Vec<u8>> {
 
 /// A mix of bad lines: wrong types (kept keys and bad values), not JSON, invalid UTF-8, reserved.
 fn bad_lines() -> Vec<Vec<u8>> {
-    (0..LINES_PER_SET)
+    (0..lines_per_set())
         .map(|i| {
             let t = 1_585_851_354_242_732_000u64 + i as u64;
             match i % 5 {
-                0 => format!(r#"{{"time_ns":{t},"rpc_method":"UpdateAccount","duration_ms":12.5,"ok":true,"pii_uid":"U{i}"}}"#).into_bytes(),
+                0 => format!(
+                    r#"{{"time_ns":{t},"rpc_method":"UpdateAccount","duration_ms":12.5,"ok":true,"pii_uid":"U{i}"}}"#
+                )
+                .into_bytes(),
                 1 => format!(r#"{{"time_ns":{t},"tags":["a","b"],"meta":{{"k":{i}}},"msg":"hello"}}"#).into_bytes(),
                 2 => format!("panic: worker {i} crashed at src/main.rs:42").into_bytes(),
                 3 => {

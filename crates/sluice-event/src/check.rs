@@ -48,7 +48,13 @@ impl Classifier {
     /// `name` is the unescaped key; `duplicate` says an earlier member had the same name.
     #[inline]
     fn member(&mut self, name: &[u8], kind: Kind, duplicate: bool) -> Role {
-        if name == TIME_NS {
+        self.member_named(name == TIME_NS, name.starts_with(RESERVED_PREFIX), kind, duplicate)
+    }
+
+    /// The same, with the two facts about the name that the rules need.
+    #[inline(always)]
+    fn member_named(&mut self, is_time_ns: bool, is_reserved: bool, kind: Kind, duplicate: bool) -> Role {
+        if is_time_ns {
             if duplicate {
                 self.classes.insert(BadClass::DuplicateKey);
                 return Role::Bad;
@@ -80,7 +86,7 @@ impl Classifier {
             self.classes.insert(c);
             role = Role::Bad;
         }
-        if !self.allow_reserved && name.starts_with(RESERVED_PREFIX) {
+        if is_reserved && !self.allow_reserved {
             self.classes.insert(BadClass::ReservedKey);
             role = Role::Bad;
         }
@@ -101,57 +107,85 @@ impl Classifier {
     }
 }
 
-/// A key seen by the fast path, in one word: where it starts in the line (high 32 bits), its
-/// length (16 bits), its first and last byte. Equal low halves mean "compare the bytes"; most
-/// pairs of different keys differ there, so the common case is one integer comparison.
+/// Up to the first 8 bytes of `line[start..start + len]`, zero-padded, little-endian.
 #[inline(always)]
-fn key_word(start: usize, key: &[u8]) -> Option<u64> {
-    let len = u16::try_from(key.len()).ok()?;
-    let (first, last) = match key {
-        [] => (0, 0),
-        [first, .., last] => (*first, *last),
-        [only] => (*only, *only),
-    };
-    let start = u32::try_from(start).ok()?;
-    Some(u64::from(start) << 32 | u64::from(len) << 16 | u64::from(first) << 8 | u64::from(last))
+fn head_word(line: &[u8], start: usize, len: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    match line.get(start..start + 8) {
+        // Nearly always: the line goes on after the key (quote, colon, value, brace).
+        Some(eight) => bytes.copy_from_slice(eight),
+        None => {
+            let n = len.min(8);
+            bytes[..n].copy_from_slice(&line[start..start + n]);
+        }
+    }
+    let word = u64::from_le_bytes(bytes);
+    if len >= 8 {
+        word
+    } else {
+        word & ((1u64 << (8 * len)) - 1)
+    }
 }
 
-/// The part of a key word that depends only on the key's bytes.
-const KEY_WORD_SUMMARY: u64 = 0xffff_ffff;
+/// The last 8 bytes of a key of at least 8 bytes, little-endian.
+#[inline(always)]
+fn tail_word(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_le_bytes(bytes)
+}
 
-/// The fast path's visitor: duplicate detection over a fixed array of key words.
+/// `time_ns` as a zero-padded head word.
+const TIME_NS_WORD: u64 = u64::from_le_bytes(*b"time_ns\0");
+/// `sluice_` as the low 7 bytes of a head word.
+const RESERVED_WORD: u64 = u64::from_le_bytes(*b"sluice_\0");
+const LOW_7_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
+
+/// The fast path's visitor. Duplicate keys are found with a 64-bit Bloom filter of key hashes:
+/// a key whose bit is clear is new (one test, no loop); only when the bit is set are the earlier
+/// keys compared byte for byte.
 struct Fast {
     classifier: Classifier,
-    words: [u64; KEYS_FAST_MAX],
+    bloom: u64,
+    spans: [(u32, u32); KEYS_FAST_MAX],
     keys: usize,
+}
+
+impl Fast {
+    fn new(allow_reserved: bool) -> Self {
+        Fast { classifier: Classifier::new(allow_reserved), bloom: 0, spans: [(0, 0); KEYS_FAST_MAX], keys: 0 }
+    }
+
+    #[cold]
+    fn seen_before(&self, line: &[u8], name: &[u8]) -> bool {
+        self.spans[..self.keys].iter().any(|&(s, e)| &line[s as usize..e as usize] == name)
+    }
 }
 
 impl Visitor for Fast {
     #[inline(always)]
     fn member(&mut self, line: &[u8], m: Member) -> bool {
-        // An escaped key's bytes are not its name, and past the array the quadratic search stops
-        // being cheap: both are rare, and the detailed analysis handles them.
+        // An escaped key's bytes are not its name, and past the array the search stops being
+        // cheap: both are rare, and the detailed analysis handles them.
         if m.key_escaped || self.keys == KEYS_FAST_MAX {
             return false;
         }
         let (start, end) = (m.key.start + 1, m.key.end - 1);
-        let name = &line[start..end];
-        let Some(word) = key_word(start, name) else {
+        let (Ok(start32), Ok(end32)) = (u32::try_from(start), u32::try_from(end)) else {
             return false;
         };
-        let mut duplicate = false;
-        for &seen in &self.words[..self.keys] {
-            if (seen ^ word) & KEY_WORD_SUMMARY == 0 {
-                let seen_start = (seen >> 32) as usize;
-                if line.get(seen_start..seen_start + name.len()) == Some(name) {
-                    duplicate = true;
-                    break;
-                }
-            }
-        }
-        self.words[self.keys] = word;
+        let name = &line[start..end];
+        let head = head_word(line, start, name.len());
+        let mixed = if name.len() > 8 { head ^ tail_word(name).rotate_left(29) } else { head };
+        let hash = (mixed ^ name.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let bit = 1u64 << (hash >> 58);
+        let duplicate = self.bloom & bit != 0 && self.seen_before(line, name);
+        self.bloom |= bit;
+        self.spans[self.keys] = (start32, end32);
         self.keys += 1;
-        self.classifier.member(name, m.kind, duplicate);
+        let is_time_ns = name.len() == 7 && head == TIME_NS_WORD;
+        let is_reserved = name.len() >= 7 && head & LOW_7_BYTES == RESERVED_WORD;
+        self.classifier.member_named(is_time_ns, is_reserved, m.kind, duplicate);
         true
     }
 }
@@ -159,7 +193,7 @@ impl Visitor for Fast {
 /// The classes of a line; see [`crate::check_line`].
 #[inline]
 pub(crate) fn classes(line: &[u8], allow_reserved: bool) -> BadClasses {
-    let mut fast = Fast { classifier: Classifier::new(allow_reserved), words: [0; KEYS_FAST_MAX], keys: 0 };
+    let mut fast = Fast::new(allow_reserved);
     match simple::walk(line, &mut fast) {
         Ok(false) => fast.classifier.finish().0,
         Ok(true) if std::str::from_utf8(line).is_ok() => fast.classifier.finish().0,
@@ -177,7 +211,7 @@ pub(crate) fn classes_general(line: &[u8], allow_reserved: bool) -> BadClasses {
     if std::str::from_utf8(line).is_err() {
         return BadClass::InvalidUtf8.into();
     }
-    let mut fast = Fast { classifier: Classifier::new(allow_reserved), words: [0; KEYS_FAST_MAX], keys: 0 };
+    let mut fast = Fast::new(allow_reserved);
     match scan::scan_line(line, &mut fast) {
         Err(NotJson) => BadClass::NotJson.into(),
         Ok(Shape::NotObject) => BadClass::NotObject.into(),
@@ -251,7 +285,8 @@ pub(crate) fn analyze(line: &[u8], allow_reserved: bool) -> Analysis<'_> {
     if std::str::from_utf8(line).is_err() {
         return terminal(BadClass::InvalidUtf8);
     }
-    let mut detailed = Detailed { classifier: Classifier::new(allow_reserved), seen: HashSet::new(), members: Vec::new() };
+    let mut detailed =
+        Detailed { classifier: Classifier::new(allow_reserved), seen: HashSet::new(), members: Vec::new() };
     let shape = scan::scan_line(line, &mut DetailedVisitor { line, detailed: &mut detailed });
     match shape {
         Err(NotJson) => terminal(BadClass::NotJson),
@@ -303,12 +338,14 @@ mod tests {
     }
 
     #[test]
-    fn key_word_collisions_still_compare_bytes() {
-        // Same length, first and last byte: only the full comparison tells them apart.
+    fn similar_keys_are_told_apart() {
+        // Same length, first and last byte, same first or last 8 bytes.
         let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2","":"3","a":"4"}"#;
         assert!(classes(line, false).is_empty());
         let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2","":"3","abxcd":"4"}"#;
         assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
+        let line = br#"{"time_ns":1,"duration_ms":1,"duration_us":2,"x_duration_ms":3,"time_nsx":4}"#;
+        assert!(classes(line, false).is_empty());
         let line = br#"{"time_ns":1,"":"1","":"2"}"#;
         assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
     }

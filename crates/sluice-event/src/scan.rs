@@ -389,11 +389,7 @@ pub(crate) fn scan_line<V: Visitor>(b: &[u8], visitor: &mut V) -> Result<Shape, 
         Some(b'{') => {}
         Some(_) => {
             let (end, _) = scan_value(b, i)?;
-            return if skip_ws(b, end) == b.len() {
-                Ok(Shape::NotObject)
-            } else {
-                Err(NotJson)
-            };
+            return if skip_ws(b, end) == b.len() { Ok(Shape::NotObject) } else { Err(NotJson) };
         }
         None => return Err(NotJson),
     }
@@ -413,12 +409,7 @@ pub(crate) fn scan_line<V: Visitor>(b: &[u8], visitor: &mut V) -> Result<Shape, 
             }
             let value_start = skip_ws(b, i + 1);
             let (value_end, kind) = scan_value(b, value_start)?;
-            let member = Member {
-                key: key_start..key_end,
-                key_escaped,
-                value: value_start..value_end,
-                kind,
-            };
+            let member = Member { key: key_start..key_end, key_escaped, value: value_start..value_end, kind };
             if !visitor.member(b, member) {
                 return Ok(Shape::Stopped);
             }
@@ -535,12 +526,37 @@ mod tests {
     #[test]
     fn grammar_errors() {
         for bad in [
-            "", " ", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "{\"a\":01}", "{\"a\":1.}",
-            "{\"a\":.5}", "{\"a\":1e}", "{\"a\":+1}", "{\"a\":tru}", "{\"a\":\"\\x\"}",
-            "{\"a\":\"\\u12\"}", "{\"a\":\"\\ud800\"}", "{\"a\":\"\\udc00\"}",
-            "{\"a\":\"\\ud800\\u0041\"}", "{\"a\":\"\t\"}", "{\"a\":1}x", "{\"a\":1}{}",
-            "{\"a\":1,\n\"b\":2}", "[1,2", "[1 2]", "{\"a\":[1,]}", "{\"a\":{\"b\"}}", "{'a':1}",
-            "{\"a\":1 \"b\":2}", "{\"a\":[}", "{\"a\":{]}",
+            "",
+            " ",
+            "{",
+            "}",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":1e}",
+            "{\"a\":+1}",
+            "{\"a\":tru}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":\"\\udc00\"}",
+            "{\"a\":\"\\ud800\\u0041\"}",
+            "{\"a\":\"\t\"}",
+            "{\"a\":1}x",
+            "{\"a\":1}{}",
+            "{\"a\":1,\n\"b\":2}",
+            "[1,2",
+            "[1 2]",
+            "{\"a\":[1,]}",
+            "{\"a\":{\"b\"}}",
+            "{'a':1}",
+            "{\"a\":1 \"b\":2}",
+            "{\"a\":[}",
+            "{\"a\":{]}",
         ] {
             assert_eq!(scan(bad), Err(NotJson), "{bad:?}");
         }

@@ -21,11 +21,32 @@ struct Block {
     non_ascii: bool,
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+/// Multiplier that gathers bit 0 of each byte of a word into the top byte, byte k to bit 56 + k.
+const GATHER: u64 = 0x0102_0408_1020_4080;
+
+/// One bit per byte of `w`: bit k set when byte k is zero. Exact for every byte (no borrow
+/// crosses bytes because the high bit is handled apart).
+#[inline(always)]
+fn zero_bytes(w: u64) -> u64 {
+    let z = !(((w & LOW7) + LOW7) | w) & HI;
+    ((z >> 7).wrapping_mul(GATHER)) >> 56
+}
+
+/// Some byte of `w` is `\` or below 0x20 (the usual has-zero test; only "any" matters here).
+#[inline(always)]
+fn has_special(w: u64) -> bool {
+    let s = w ^ (LO * u64::from(b'\\'));
+    (s.wrapping_sub(LO) & !s | w.wrapping_sub(LO * 0x20) & !w) & HI != 0
+}
+
 #[inline(always)]
 fn block_at(b: &[u8], start: usize) -> Block {
     // The tail is padded with spaces: neither quote nor special.
     let mut padded = [b' '; BLOCK_BYTES];
-    let chunk: &[u8] = match b.get(start..start + BLOCK_BYTES) {
+    let chunk: &[u8; BLOCK_BYTES] = match b.get(start..start + BLOCK_BYTES).and_then(|c| c.try_into().ok()) {
         Some(chunk) => chunk,
         None => {
             let rest = &b[start.min(b.len())..];
@@ -33,15 +54,61 @@ fn block_at(b: &[u8], start: usize) -> Block {
             &padded
         }
     };
+    block_masks(chunk)
+}
+
+/// Portable version: eight bytes per step in a `u64`.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline(always)]
+fn block_masks_swar(chunk: &[u8; BLOCK_BYTES]) -> Block {
     let mut quotes = 0u64;
-    let mut special = 0u8;
-    let mut high = 0u8;
-    for (i, &c) in chunk.iter().enumerate() {
-        quotes |= u64::from(c == b'"') << i;
-        special |= u8::from(c < 0x20) | u8::from(c == b'\\');
-        high |= c;
+    let mut special = false;
+    let mut any = 0u64;
+    for (k, word) in chunk.chunks_exact(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        quotes |= zero_bytes(w ^ (LO * u64::from(b'"'))) << (8 * k);
+        special |= has_special(w);
+        any |= w;
     }
-    Block { quotes, special: special != 0, non_ascii: high & 0x80 != 0 }
+    Block { quotes, special, non_ascii: any & HI != 0 }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn block_masks(chunk: &[u8; BLOCK_BYTES]) -> Block {
+    block_masks_swar(chunk)
+}
+
+/// SSE2 version: sixteen bytes per step. The compiler does not turn the portable loop into
+/// these instructions by itself, and they make this path several times cheaper.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn block_masks(chunk: &[u8; BLOCK_BYTES]) -> Block {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_setzero_si128,
+    };
+    let mut quotes = 0u64;
+    // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64 CPU has these instructions;
+    // each unaligned load reads 16 bytes at offsets 0, 16, 32 and 48 of the 64-byte `chunk`.
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let control_max = _mm_set1_epi8(0x1f);
+        let mut special = _mm_setzero_si128();
+        let mut any = _mm_setzero_si128();
+        for k in 0..BLOCK_BYTES / 16 {
+            let v = _mm_loadu_si128(chunk.as_ptr().add(16 * k).cast());
+            quotes |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote)) as u16) << (16 * k);
+            // Unsigned "below 0x20": min(v, 0x1f) == v.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, control_max), v);
+            special = _mm_or_si128(special, _mm_or_si128(control, _mm_cmpeq_epi8(v, backslash)));
+            any = _mm_or_si128(any, v);
+        }
+        Block { quotes, special: _mm_movemask_epi8(special) != 0, non_ascii: _mm_movemask_epi8(any) != 0 }
+    }
 }
 
 /// The string-quote positions of a line in order, computed a block at a time as needed.
@@ -106,22 +173,11 @@ impl From<NotJson> for Defer {
 #[inline(always)]
 pub(crate) fn walk<V: Visitor>(b: &[u8], visitor: &mut V) -> Result<bool, Defer> {
     let mut quotes = Quotes { b, next_block: 0, base: 0, mask: 0, non_ascii: false };
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return Err(Defer);
-    }
-    i = skip_ws(b, i + 1);
+    let mut i = after(b, 0, b'{')?;
     loop {
-        if b.get(i) != Some(&b'"') {
-            return Err(Defer);
-        }
-        let key_start = i;
-        let key_end = quotes.string(i)?;
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return Err(Defer);
-        }
-        let value_start = skip_ws(b, i + 1);
+        let key_start = if b.get(i) == Some(&b'"') { i } else { skip_ws(b, i) };
+        let key_end = quotes.string(key_start)?;
+        let value_start = skip_ws(b, after(b, key_end, b':')?);
         let (value_end, kind) = match b.get(value_start) {
             Some(b'"') => (quotes.string(value_start)?, Kind::Str),
             Some(b'-' | b'0'..=b'9') => crate::scan::scan_number(b, value_start)?,
@@ -131,17 +187,44 @@ pub(crate) fn walk<V: Visitor>(b: &[u8], visitor: &mut V) -> Result<bool, Defer>
         if !visitor.member(b, member) {
             return Err(Defer);
         }
-        i = skip_ws(b, value_end);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => break,
-            _ => return Err(Defer),
+        match b.get(value_end) {
+            Some(b',') => i = value_end + 1,
+            Some(b'}') => {
+                i = value_end + 1;
+                break;
+            }
+            _ => {
+                let next = skip_ws(b, value_end);
+                match b.get(next) {
+                    Some(b',') => i = next + 1,
+                    Some(b'}') => {
+                        i = next + 1;
+                        break;
+                    }
+                    _ => return Err(Defer),
+                }
+            }
         }
     }
-    if skip_ws(b, i + 1) != b.len() {
+    if i != b.len() && skip_ws(b, i) != b.len() {
         return Err(Defer);
     }
     Ok(quotes.non_ascii)
+}
+
+/// The index after byte `c`, which must come at `i` or after whitespace. Compact JSON, the
+/// common case, takes the first test only.
+#[inline(always)]
+fn after(b: &[u8], i: usize, c: u8) -> Result<usize, Defer> {
+    if b.get(i) == Some(&c) {
+        return Ok(i + 1);
+    }
+    let i = skip_ws(b, i);
+    if b.get(i) == Some(&c) {
+        Ok(i + 1)
+    } else {
+        Err(Defer)
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +232,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn block_masks() {
+    fn zero_bytes_is_exact() {
+        for pattern in 0u32..256 {
+            let mut w = 0u64;
+            for k in 0..8 {
+                // Non-zero bytes chosen to tempt borrows and carries: 0x01, 0x80, 0xff.
+                let byte = if pattern & (1 << k) != 0 { 0 } else { [0x01u64, 0x80, 0xff][k % 3] };
+                w |= byte << (8 * k);
+            }
+            assert_eq!(zero_bytes(w), u64::from(pattern), "{w:#x}");
+        }
+    }
+
+    #[test]
+    fn blocks_find_quotes_and_specials() {
         let mut line = vec![b'a'; 130];
         for at in [0, 7, 8, 63, 64, 100, 129] {
             line[at] = b'"';
@@ -163,5 +259,18 @@ mod tests {
         line[70] = 0xc3;
         assert!(block_at(&line, 0).special);
         assert!(block_at(&line, 64).non_ascii);
+    }
+
+    #[test]
+    fn vector_and_portable_blocks_agree() {
+        let mut chunk = [b'a'; BLOCK_BYTES];
+        for (i, byte) in [b'"', b'\\', 0x00, 0x1f, 0x20, 0x7f, 0x80, 0xff, b'"'].into_iter().enumerate() {
+            for at in [i, 16 + i, 63 - i] {
+                chunk[at] = byte;
+                let (v, p) = (block_masks(&chunk), block_masks_swar(&chunk));
+                assert_eq!((v.quotes, v.special, v.non_ascii), (p.quotes, p.special, p.non_ascii), "{byte:#x} at {at}");
+                chunk[at] = b'a';
+            }
+        }
     }
 }

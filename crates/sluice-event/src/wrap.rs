@@ -47,7 +47,14 @@ pub(crate) fn escape_str_into(out: &mut Vec<u8>, s: &[u8]) {
         }
         out.extend_from_slice(&s[run_start..i]);
         if e == b'u' {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX_DIGITS[(c >> 4) as usize], HEX_DIGITS[(c & 15) as usize]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX_DIGITS[(c >> 4) as usize],
+                HEX_DIGITS[(c & 15) as usize],
+            ]);
         } else {
             out.extend_from_slice(&[b'\\', e]);
         }
@@ -172,7 +179,14 @@ fn write_bad(out: &mut Vec<u8>, classes: BadClasses) {
 /// Writes `{"time_ns":T,"sluice_bad":...,"sluice_raw":...}` plus '\n', shrinking the raw until
 /// the line fits. With `raw_keep()` at a twelfth of the limit it always fits the first time; the
 /// loop only makes the bound hold whatever the arithmetic.
-fn write_short_form(out: &mut Vec<u8>, time_ns: u64, classes: BadClasses, mut raw: Raw<'_>, total_len: u64, limits: &Limits) {
+fn write_short_form(
+    out: &mut Vec<u8>,
+    time_ns: u64,
+    classes: BadClasses,
+    mut raw: Raw<'_>,
+    total_len: u64,
+    limits: &Limits,
+) {
     let start = out.len();
     loop {
         write_head(out, time_ns);
@@ -292,7 +306,13 @@ fn cold_wrap(line: &[u8], now_ns: u64, limits: &Limits, out: &mut Vec<u8>) -> Ba
 }
 
 /// See [`crate::process_too_long`]; returns the classes written.
-pub(crate) fn process_too_long(prefix: &[u8], total_len: u64, now_ns: u64, limits: &Limits, out: &mut Vec<u8>) -> BadClasses {
+pub(crate) fn process_too_long(
+    prefix: &[u8],
+    total_len: u64,
+    now_ns: u64,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) -> BadClasses {
     let mut raw = Raw::new(prefix, limits.raw_keep(), true, total_len);
     let mut classes = BadClasses::only(BadClass::TooLong);
     if !raw.kept_is_utf8() {
@@ -304,7 +324,14 @@ pub(crate) fn process_too_long(prefix: &[u8], total_len: u64, now_ns: u64, limit
 }
 
 /// See [`crate::process_stderr`] and [`crate::process_stderr_too_long`].
-pub(crate) fn process_stderr(line: &[u8], total_len: u64, continues: bool, now_ns: u64, limits: &Limits, out: &mut Vec<u8>) {
+pub(crate) fn process_stderr(
+    line: &[u8],
+    total_len: u64,
+    continues: bool,
+    now_ns: u64,
+    limits: &Limits,
+    out: &mut Vec<u8>,
+) {
     let mut raw = Raw::new(line, limits.raw_keep(), continues, total_len);
     raw.b64 = !raw.kept_is_utf8();
     let start = out.len();

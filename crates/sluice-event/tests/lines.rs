@@ -5,8 +5,8 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 use sluice_event::{
-    check_line, process_line, process_stderr, process_stderr_too_long, process_too_long, BadClass,
-    BadClass::*, BadClasses, Limits, LINE_BYTES_MAX_MIN, RAW_BYTES_MAX,
+    check_line, process_line, process_stderr, process_stderr_too_long, process_too_long, BadClass, BadClass::*,
+    BadClasses, Limits, LINE_BYTES_MAX_MIN, RAW_BYTES_MAX,
 };
 
 const NOW_NS: u64 = 1_000;

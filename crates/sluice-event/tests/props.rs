@@ -5,8 +5,8 @@ use proptest::prelude::*;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use sluice_event::{
-    check_line, process_line, process_stderr, process_stderr_too_long, process_too_long, BadClass,
-    BadClasses, Limits, LINE_BYTES_MAX_MIN,
+    check_line, process_line, process_stderr, process_stderr_too_long, process_too_long, BadClass, BadClasses, Limits,
+    LINE_BYTES_MAX_MIN,
 };
 
 fn assert_one_valid_line(out: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
@@ -81,8 +81,11 @@ fn valid_line() -> impl Strategy<Value = Vec<u8>> {
     let others = prop::collection::btree_map("[a-z][a-z_0-9]{0,12}", value, 1..12);
     (0..=i64::MAX as u64, others, any::<prop::sample::Index>(), prop::sample::select(vec!["", " ", "\t"])).prop_map(
         |(t, others, at, ws)| {
-            let mut members: Vec<String> =
-                others.into_iter().filter(|(k, _)| !k.starts_with("sluice_") && k != "time_ns").map(|(k, v)| format!("\"{k}\"{ws}:{v}")).collect();
+            let mut members: Vec<String> = others
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("sluice_") && k != "time_ns")
+                .map(|(k, v)| format!("\"{k}\"{ws}:{v}"))
+                .collect();
             members.insert(at.index(members.len() + 1), format!("\"time_ns\":{ws}{t}"));
             if members.len() < 2 {
                 members.push("\"x\":1".to_owned());

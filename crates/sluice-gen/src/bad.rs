@@ -140,14 +140,14 @@ impl Generator {
             }
             BadClass::Negative => {
                 out.extend_from_slice(open);
-                out.extend_from_slice(if v % 2 == 0 { key_n!("offset_ms") } else { key_n!("balance_delta") });
+                out.extend_from_slice(if v.is_multiple_of(2) { key_n!("offset_ms") } else { key_n!("balance_delta") });
                 out.push(b'-');
                 put_u64(out, self.rng.range(1, 5_000));
                 out.extend_from_slice(b"}\n");
             }
             BadClass::Nested => {
                 out.extend_from_slice(open);
-                if v % 2 == 0 {
+                if v.is_multiple_of(2) {
                     out.extend_from_slice(b",\"ctx\":{\"trace_id\":\"");
                     put_hex(out, self.rng.next_u64(), 16);
                     out.extend_from_slice(b"\",\"span_id\":");
@@ -193,7 +193,7 @@ impl Generator {
             }
             BadClass::TimeNsString => {
                 out.extend_from_slice(b"{\"time_ns\":\"");
-                if v % 2 == 0 {
+                if v.is_multiple_of(2) {
                     out.extend_from_slice(digits);
                 } else {
                     put_rfc3339(out, time_ns.min(TIME_NS_MAX));

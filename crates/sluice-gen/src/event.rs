@@ -733,7 +733,7 @@ fn put_ip_field(out: &mut Vec<u8>, h: u64) {
 pub(crate) fn put_email(out: &mut Vec<u8>, h: u64) {
     out.extend_from_slice(EMAIL_NAMES[(h % EMAIL_NAMES.len() as u64) as usize].as_bytes());
     let digits = (h >> 16) % 1_000;
-    if (h >> 32) % 3 != 0 {
+    if !(h >> 32).is_multiple_of(3) {
         put_u64(out, digits);
     }
     out.push(b'@');

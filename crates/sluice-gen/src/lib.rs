@@ -63,7 +63,7 @@ pub struct GenConfig {
     pub seed: u64,
     /// Lines to write (events, bad lines and stderr lines together); `None` = forever.
     pub count: Option<u64>,
-    /// Events per second; `None` = as fast as possible.
+    /// Lines per second (all kinds); `None` = as fast as possible.
     pub rate: Option<f64>,
     /// Share of stdout lines that are deliberately bad (0.0..=1.0); default 0.
     pub bad_ratio: f64,

@@ -248,7 +248,9 @@ impl SourceClient {
                     stream = Some(s);
                     break;
                 }
-                Ok(Err(e)) => last_error = FetchError::new(ErrorKind::Connect, format!("cannot connect to {addr}: {e}")),
+                Ok(Err(e)) => {
+                    last_error = FetchError::new(ErrorKind::Connect, format!("cannot connect to {addr}: {e}"))
+                }
                 Err(_) => return Err(late("connecting to")),
             }
         }

@@ -344,7 +344,9 @@ impl StoreFileConfig {
             if let Some(first) = lines_by_name.insert(name.clone(), line) {
                 return Err(ctx.invalid(
                     s.name.span().start,
-                    format!("source name {name:?} is used twice (first at line {first}); give each source its own name"),
+                    format!(
+                        "source name {name:?} is used twice (first at line {first}); give each source its own name"
+                    ),
                 ));
             }
             let endpoint = Endpoint::parse_https(s.url.get_ref()).map_err(|m| ctx.invalid(s.url.span().start, m))?;
@@ -520,7 +522,10 @@ url = "https://127.0.0.1:7701"
         assert_eq!(c.data_dir, d.join("store-data"));
         assert_eq!(c.listen, "127.0.0.1:7800".parse().unwrap());
         assert_eq!(c.backfill_workers, BACKFILL_WORKERS_DEFAULT);
-        assert_eq!(c.tls, Some(TlsFiles { cert: d.join("client.pem"), key: d.join("client.key"), ca: Some(d.join("ca.pem")) }));
+        assert_eq!(
+            c.tls,
+            Some(TlsFiles { cert: d.join("client.pem"), key: d.join("client.key"), ca: Some(d.join("ca.pem")) })
+        );
         assert_eq!(c.sources.len(), 1);
         let s = &c.sources[0];
         assert_eq!(&*s.name, "web-1");
@@ -614,6 +619,7 @@ fingerprint = "{FP}"
             assert!(message.starts_with(&prefix), "{what}: expected line {line}: {message}");
             assert!(message.contains(expected), "{what}: {message}");
             assert!(!message.ends_with('.'), "{what}: {message}");
+            eprintln!("{message}");
         }
     }
 
@@ -645,7 +651,8 @@ fingerprint = "{FP}"
             let e = Endpoint::parse_https(url).unwrap();
             assert_eq!((e.host.as_str(), e.port, e.base_path.as_str()), (host, port, base), "{url}");
         }
-        for bad in ["https://", "https://:1", "https://u@h", "https://[::1", "https://[nope]:1", "https://h:0", "ftp://h"]
+        for bad in
+            ["https://", "https://:1", "https://u@h", "https://[::1", "https://[nope]:1", "https://h:0", "ftp://h"]
         {
             assert!(Endpoint::parse_https(bad).is_err(), "{bad}");
         }

@@ -1,6 +1,25 @@
-//! Pulls events from supervisors over mTLS (placeholder until the puller lands).
+//! Pulls events from supervisors over mTLS for the event store: the store's config file, an HTTPS
+//! client per source, and the pullers (live chunk plus newest-first backfill on a bounded pool)
+//! that hand whole lines to a [`Sink`].
+//! It stores nothing itself: progress, de-duplication and durability belong to the sink.
+
+mod client;
+pub mod config;
+mod metrics;
+mod puller;
 
 use std::sync::Arc;
+
+pub use client::{
+    ClientError, ErrorKind, FetchError, Response, SourceClient, Timeouts, CONNECT_TIMEOUT, LIVE_IDLE_TIMEOUT,
+    STALL_TIMEOUT,
+};
+pub use config::{ApiTls, ConfigError, Endpoint, SourceConfig, StoreFileConfig, TlsFiles};
+pub use metrics::{PullMetrics, SourceMetrics, SourceState, SourceStatus};
+pub use puller::{
+    run_all, run_source, BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES_MAX, IDLE_LIST_INTERVAL, LINE_BYTES_MAX,
+    LISTING_BYTES_MAX,
+};
 
 /// A run of complete event lines read from one chunk of one supervisor, starting at `start_offset`.
 #[derive(Debug, Clone)]

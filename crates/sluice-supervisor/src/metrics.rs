@@ -59,10 +59,22 @@ impl Metrics {
         };
         counter("sluice_captured_events", "Event lines read from the child's stdout.", r(&self.stdout_events));
         counter("sluice_captured_bytes", "Bytes read from the child's stdout.", r(&self.stdout_bytes));
-        counter("sluice_stderr_lines", "Lines read from the child's stderr (each stored as a wrapped event).", r(&self.stderr_lines));
+        counter(
+            "sluice_stderr_lines",
+            "Lines read from the child's stderr (each stored as a wrapped event).",
+            r(&self.stderr_lines),
+        );
         counter("sluice_stderr_bytes", "Bytes read from the child's stderr.", r(&self.stderr_bytes));
-        counter("sluice_bad_lines", "Stdout lines that were not valid events (stored wrapped).", r(&self.bad_lines_total));
-        counter("sluice_written_events", "Event lines written to chunks, sluice's own events included.", r(&log.events_written));
+        counter(
+            "sluice_bad_lines",
+            "Stdout lines that were not valid events (stored wrapped).",
+            r(&self.bad_lines_total),
+        );
+        counter(
+            "sluice_written_events",
+            "Event lines written to chunks, sluice's own events included.",
+            r(&log.events_written),
+        );
         counter("sluice_written_bytes", "Bytes written to chunks.", r(&log.bytes_written));
         counter("sluice_chunks_opened", "Chunks opened.", r(&log.chunks_opened));
         counter("sluice_chunks_closed", "Chunks closed.", r(&log.chunks_closed));
@@ -72,26 +84,50 @@ impl Metrics {
         counter("sluice_disk_errors", "Writes refused by the disk.", r(&log.disk_errors));
         counter("sluice_child_starts", "Times the child was started.", r(&self.child_starts));
         counter("sluice_child_restarts", "Times the child was restarted after it exited.", r(&self.child_restarts));
-        counter("sluice_clients_accepted", "TLS connections accepted (client certificate allowed).", r(&self.clients_accepted));
-        counter("sluice_handshakes_failed", "TLS handshakes that failed for reasons other than the allow list.", r(&self.handshakes_failed));
-        counter("sluice_connections_refused_cap", "Connections closed at once because the connection cap was reached.", r(&self.connections_refused_cap));
+        counter(
+            "sluice_clients_accepted",
+            "TLS connections accepted (client certificate allowed).",
+            r(&self.clients_accepted),
+        );
+        counter(
+            "sluice_handshakes_failed",
+            "TLS handshakes that failed for reasons other than the allow list.",
+            r(&self.handshakes_failed),
+        );
+        counter(
+            "sluice_connections_refused_cap",
+            "Connections closed at once because the connection cap was reached.",
+            r(&self.connections_refused_cap),
+        );
         counter("sluice_served_bytes", "Chunk bytes sent to clients.", r(&self.bytes_served));
         counter("sluice_requests", "HTTP requests served on the chunk listener.", r(&self.requests));
 
         let _ = write!(out, "# HELP sluice_bad_lines_by_class_total Bad stdout lines by problem class.\n# TYPE sluice_bad_lines_by_class_total counter\n");
         for (i, c) in BadClass::ALL.iter().enumerate() {
-            let _ = writeln!(out, "sluice_bad_lines_by_class_total{{class=\"{}\"}} {}", c.name(), r(&self.bad_lines[i]));
+            let _ =
+                writeln!(out, "sluice_bad_lines_by_class_total{{class=\"{}\"}} {}", c.name(), r(&self.bad_lines[i]));
         }
         let _ = write!(out, "# HELP sluice_handshakes_rejected_total TLS handshakes refused by the client allow list.\n# TYPE sluice_handshakes_rejected_total counter\n");
         for (i, reason) in REJECT_REASONS.iter().enumerate() {
-            let _ = writeln!(out, "sluice_handshakes_rejected_total{{reason=\"{reason}\"}} {}", r(&self.handshakes_rejected[i]));
+            let _ = writeln!(
+                out,
+                "sluice_handshakes_rejected_total{{reason=\"{reason}\"}} {}",
+                r(&self.handshakes_rejected[i])
+            );
         }
         let _ = write!(out, "# HELP sluice_retention_discarded_chunks_total Chunks discarded by retention.\n# TYPE sluice_retention_discarded_chunks_total counter\n");
-        let _ = writeln!(out, "sluice_retention_discarded_chunks_total{{reason=\"age\"}} {}", r(&log.retention_age_chunks));
-        let _ = writeln!(out, "sluice_retention_discarded_chunks_total{{reason=\"size\"}} {}", r(&log.retention_size_chunks));
+        let _ =
+            writeln!(out, "sluice_retention_discarded_chunks_total{{reason=\"age\"}} {}", r(&log.retention_age_chunks));
+        let _ = writeln!(
+            out,
+            "sluice_retention_discarded_chunks_total{{reason=\"size\"}} {}",
+            r(&log.retention_size_chunks)
+        );
         let _ = write!(out, "# HELP sluice_retention_discarded_bytes_total Bytes discarded by retention.\n# TYPE sluice_retention_discarded_bytes_total counter\n");
-        let _ = writeln!(out, "sluice_retention_discarded_bytes_total{{reason=\"age\"}} {}", r(&log.retention_age_bytes));
-        let _ = writeln!(out, "sluice_retention_discarded_bytes_total{{reason=\"size\"}} {}", r(&log.retention_size_bytes));
+        let _ =
+            writeln!(out, "sluice_retention_discarded_bytes_total{{reason=\"age\"}} {}", r(&log.retention_age_bytes));
+        let _ =
+            writeln!(out, "sluice_retention_discarded_bytes_total{{reason=\"size\"}} {}", r(&log.retention_size_bytes));
 
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n");
@@ -103,7 +139,10 @@ impl Metrics {
         gauge("sluice_followers", "Responses following the open chunk now.", self.followers.load(Ordering::Relaxed));
 
         let (counts, sum) = log.fsync_seconds.snapshot();
-        let _ = write!(out, "# HELP sluice_fsync_seconds Latency of fdatasync on chunk files.\n# TYPE sluice_fsync_seconds histogram\n");
+        let _ = write!(
+            out,
+            "# HELP sluice_fsync_seconds Latency of fdatasync on chunk files.\n# TYPE sluice_fsync_seconds histogram\n"
+        );
         let mut cumulative = 0;
         for (i, bound) in HISTOGRAM_BOUNDS_S.iter().enumerate() {
             cumulative += counts[i];

@@ -751,9 +751,15 @@ impl ChunkBody {
             let mut listener = None;
             loop {
                 let Some(info) = self.log.progress(self.id) else {
-                    // Discarded before this reader got its end: it can never have its proper end.
-                    self.end = Some(self.pos);
-                    return Some(Err(io::Error::new(io::ErrorKind::NotFound, "chunk discarded while being followed")));
+                    // Closed and then discarded before this reader looked again. Only closed,
+                    // complete chunks are discarded, and the open handle still reads the file:
+                    // its length is final.
+                    match self.file.metadata() {
+                        Ok(meta) => self.end = Some(meta.len()),
+                        Err(e) => return Some(Err(e)),
+                    }
+                    self.following = None;
+                    break;
                 };
                 if info.state == ChunkState::Closed {
                     self.end = Some(info.len);

@@ -96,8 +96,8 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
     if cfg.listen.is_some() && cfg.tls.is_none() {
         return Err(SuperviseError::TlsMissing);
     }
-    let storage =
-        DiskStorage::open(&cfg.data_dir).map_err(|source| SuperviseError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let storage = DiskStorage::open(&cfg.data_dir)
+        .map_err(|source| SuperviseError::DataDir { path: cfg.data_dir.clone(), source })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (log, report) = ChunkLog::open(storage, cfg.log.clone(), clock.clone())?;
     let log = Arc::new(log);
@@ -120,7 +120,8 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
         let files = cfg.tls.as_ref().ok_or(SuperviseError::TlsMissing)?;
         let server_tls = sluice_tls::ServerTls::load(&files.cert, &files.key, &files.allow_clients)
             .map_err(|e| SuperviseError::Tls(e.to_string()))?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| SuperviseError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| SuperviseError::Bind { addr, source })?;
         chunks_addr = listener.local_addr().ok();
         tasks.push(tokio::spawn(crate::serve::serve_chunks(
             listener,
@@ -135,7 +136,8 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
     }
     let mut metrics_addr = None;
     if let Some(addr) = cfg.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| SuperviseError::Bind { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| SuperviseError::Bind { addr, source })?;
         metrics_addr = listener.local_addr().ok();
         tasks.push(tokio::spawn(crate::ops::serve_ops(listener, log.clone(), metrics.clone(), shutdown_rx.clone())));
     }
@@ -179,7 +181,10 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
                 metrics.child_starts.fetch_add(1, Ordering::Relaxed);
                 metrics.child_running.store(1, Ordering::Relaxed);
                 let _ = log.append_own(|b, now| {
-                    OwnEvent::new(b, now, "child_started").u64("pid", pid as u64).str("command", &cfg.child.display()).finish()
+                    OwnEvent::new(b, now, "child_started")
+                        .u64("pid", pid as u64)
+                        .str("command", &cfg.child.display())
+                        .finish()
                 });
                 let captures = [
                     spawn_capture(stdout, Pipe::Stdout, &log, &metrics, limits, &clock),
@@ -236,7 +241,10 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
         metrics.child_restarts.fetch_add(1, Ordering::Relaxed);
         let attempt = backoff.attempt();
         let _ = log.append_own(|b, now| {
-            OwnEvent::new(b, now, "restart_scheduled").u64("delay_ms", delay.as_millis() as u64).u64("attempt", attempt as u64).finish()
+            OwnEvent::new(b, now, "restart_scheduled")
+                .u64("delay_ms", delay.as_millis() as u64)
+                .u64("attempt", attempt as u64)
+                .finish()
         });
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -404,7 +412,9 @@ fn spawn_maintenance(log: Arc<ChunkLog<DiskStorage>>, fsync: FsyncPolicy) -> Mai
                     Ok(()) => failing = false,
                     Err(e) if !failing => {
                         failing = true;
-                        let _ = log.append_own(|b, now| OwnEvent::new(b, now, "disk_error").str("error", &e.to_string()).finish());
+                        let _ = log.append_own(|b, now| {
+                            OwnEvent::new(b, now, "disk_error").str("error", &e.to_string()).finish()
+                        });
                     }
                     Err(_) => {}
                 }

@@ -2,6 +2,8 @@
 //! real certificates, a real chunk log on disk, a hyper client over tokio-rustls.
 //! Not here: the `sluice supervise` binary end to end (the binary's own tests do that).
 
+#![allow(clippy::unwrap_used)] // a test that fails on unwrap says where; helpers included
+
 mod support;
 
 use std::sync::atomic::Ordering;

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Supervise(supervise::Args),
+    Supervise(Box<supervise::Args>),
     Gen(gen::Args),
     Certs(certs::Args),
 }
@@ -31,7 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Supervise(args) => supervise::run(args),
+        Command::Supervise(args) => supervise::run(*args),
         Command::Gen(args) => gen::run(args),
         Command::Certs(args) => certs::run(args),
     };

@@ -20,7 +20,9 @@ use crate::units::{parse_bytes, parse_duration};
 /// SIGTERM/SIGINT are forwarded to the command, then the chunk is closed and flushed; SIGHUP
 /// re-reads the TLS files; SIGQUIT writes a state dump event.
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  sluice certs --dir certs\n  sluice supervise --data-dir data --tls-cert certs/server.pem --tls-key certs/server.key \\\n      --allow-clients certs/allowed-clients.txt -- sluice gen --rate 1000\n  curl --cacert certs/ca.pem --cert certs/store.pem --key certs/store.key https://localhost:7701/chunk/")]
+#[command(
+    after_help = "Example:\n  sluice certs --dir certs\n  sluice supervise --data-dir data --tls-cert certs/server.pem --tls-key certs/server.key \\\n      --allow-clients certs/allowed-clients.txt -- sluice gen --rate 1000\n  curl --cacert certs/ca.pem --cert certs/store.pem --key certs/store.key https://localhost:7701/chunk/"
+)]
 pub struct Args {
     /// Directory for the chunks (created if missing; one supervisor per directory).
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
@@ -95,7 +97,9 @@ fn parse_addr(flag: &str, s: &str) -> anyhow::Result<Option<SocketAddr>> {
     if s == "none" {
         return Ok(None);
     }
-    s.parse().map(Some).with_context(|| format!("{flag} {s:?} is not an address: write it like 127.0.0.1:7701, or none"))
+    s.parse()
+        .map(Some)
+        .with_context(|| format!("{flag} {s:?} is not an address: write it like 127.0.0.1:7701, or none"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -104,10 +108,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tls = match (args.tls_cert, args.tls_key, args.allow_clients) {
         (Some(cert), Some(key), Some(allow_clients)) => Some(TlsFiles { cert, key, allow_clients }),
         (None, None, None) => None,
-        _ => anyhow::bail!("--tls-cert, --tls-key and --allow-clients go together: give all three (make them with `sluice certs`)"),
+        _ => anyhow::bail!(
+            "--tls-cert, --tls-key and --allow-clients go together: give all three (make them with `sluice certs`)"
+        ),
     };
     let mut command = args.command.into_iter();
-    let program = command.next().context("no command given: put it after --, e.g. sluice supervise --data-dir d -- my-app")?;
+    let program =
+        command.next().context("no command given: put it after --, e.g. sluice supervise --data-dir d -- my-app")?;
     let line_bytes_max = usize::try_from(args.line_bytes_max).context("--line-bytes-max is too large")?;
     let cfg = SuperviseConfig {
         data_dir: args.data_dir,
@@ -143,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             show(ready.chunks_addr),
             show(ready.metrics_addr)
         );
-        for (what, n) in [("repaired unclosed chunks", ready.repaired), ("stray files left alone", ready.strays.len())] {
+        for (what, n) in [("repaired unclosed chunks", ready.repaired), ("stray files left alone", ready.strays.len())]
+        {
             if n > 0 {
                 eprintln!("sluice supervise: {what}: {n} (see the events in the stream)");
             }

@@ -22,7 +22,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// Parse a duration with a unit: ms, s, m, h or d.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    sluice_chunk::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration: write it like 200ms, 30s, 10m, 2h or 7d"))
+    sluice_chunk::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration: write it like 200ms, 30s, 10m, 2h or 7d"))
 }
 
 #[cfg(test)]

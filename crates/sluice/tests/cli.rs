@@ -137,7 +137,11 @@ fn restart_policies() {
     let dir = tempfile::tempdir().unwrap();
     // on-failure restarts a failing child with backoff until stopped.
     let data = dir.path().join("a");
-    let sup = Supervisor::start(&data, &args(&["--restart", "on-failure", "--restart-delay-min", "10ms"]), &["sh", "-c", "exit 3"]);
+    let sup = Supervisor::start(
+        &data,
+        &args(&["--restart", "on-failure", "--restart-delay-min", "10ms"]),
+        &["sh", "-c", "exit 3"],
+    );
     wait_until("three starts", || own_events(&data, "child_started").len() >= 3);
     let scheduled = own_events(&data, "restart_scheduled");
     assert!(scheduled.len() >= 2);
@@ -223,7 +227,10 @@ fn bad_flags_get_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("always, never or interval=DURATION"), "{err}");
-    let out = sluice().args(["supervise", "--data-dir", x, "--chunk-bytes-max", "10000", "--listen", "none", "--", "true"]).output().unwrap();
+    let out = sluice()
+        .args(["supervise", "--data-dir", x, "--chunk-bytes-max", "10000", "--listen", "none", "--", "true"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--chunk-bytes-max"), "{err}");
     let out = sluice().args(["supervise", "--data-dir", x, "--", "true"]).output().unwrap();

@@ -1,0 +1,555 @@
+//! The in-memory buffer of committed events as Arrow columns, and the store-wide key registry that
+//! decides each key's column type.
+//!
+//! It does no I/O and no locking (the store holds it under its state lock), and it does not sort
+//! or partition: that is the flush's job.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, UInt64Builder};
+use arrow_array::{new_null_array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::parse::{Parsed, Text, Value};
+
+/// Event time, ns since the epoch (the line's own `time_ns`; the receive time for unparsed lines).
+pub const COL_TIME_NS: &str = "time_ns";
+/// Configured name of the source the event came from.
+pub const COL_SOURCE: &str = "sluice_source";
+/// Stream id of the supervisor, 32 lowercase hex digits.
+pub const COL_STREAM: &str = "sluice_stream";
+/// When the store received the event, ns since the epoch.
+pub const COL_RECEIVED_NS: &str = "sluice_received_ns";
+/// The event id (xxh3-128, SPEC §3) as 16 bytes, most significant first.
+pub const COL_ID: &str = "sluice_id";
+/// Store-wide sequence number.
+pub const COL_SEQ: &str = "sluice_seq";
+/// JSON object of the values that have no column of their type, and the text of unparsed lines.
+pub const COL_OVERFLOW: &str = "sluice_overflow";
+/// Hive partition columns of the segment paths: never event keys, or queries would see two.
+pub const COL_DATE: &str = "sluice_date";
+pub const COL_HOUR: &str = "sluice_hour";
+/// Overflow key holding the text of a line that did not parse (lossy UTF-8, cut).
+pub const OVERFLOW_UNPARSED: &str = "sluice_unparsed";
+/// Overflow key holding how many bytes of an unparsed line were cut.
+pub const OVERFLOW_UNPARSED_CUT: &str = "sluice_unparsed_cut";
+/// Bytes of an unparsed line kept in the overflow column.
+pub const UNPARSED_BYTES_MAX: usize = 16 * 1024;
+/// Columns before the key columns, in this order.
+pub const FIXED_COLUMNS: [&str; 7] = [COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW];
+/// Names that are never key columns: a line key of one of these names goes to the overflow column.
+const RESERVED_NAMES: [&str; 9] = [
+    COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW, COL_DATE, COL_HOUR,
+];
+/// The active part of the buffer becomes an immutable RecordBatch at this many rows, so that a
+/// snapshot copies at most this many rows.
+pub const FREEZE_ROWS: usize = 16 * 1024;
+
+/// The type of a key column, decided by the first value of the key the store ever saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Utf8,
+    Uint64,
+}
+
+impl KeyType {
+    pub fn data_type(self) -> DataType {
+        match self {
+            KeyType::Utf8 => DataType::Utf8,
+            KeyType::Uint64 => DataType::UInt64,
+        }
+    }
+}
+
+/// FxHash (rustc's): keys are short and not attacker-chosen in a way that matters here (their
+/// number is capped by `keys_max`), so a fast hash beats SipHash on the hot path.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
+
+/// Keys and their column types, in the order first seen; at most `keys_max`.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    keys: Vec<(Arc<str>, KeyType)>,
+    index: HashMap<Arc<str>, u32, FxBuild>,
+    keys_max: usize,
+    schema: SchemaRef,
+}
+
+impl Registry {
+    pub fn new(keys: &[(String, KeyType)], keys_max: usize) -> Registry {
+        let mut r = Registry { keys: Vec::new(), index: HashMap::default(), keys_max, schema: Arc::new(Schema::empty()) };
+        for (name, t) in keys {
+            if !r.index.contains_key(name.as_str()) {
+                let name: Arc<str> = Arc::from(name.as_str());
+                r.index.insert(name.clone(), r.keys.len() as u32);
+                r.keys.push((name, *t));
+            }
+        }
+        r.schema = r.build_schema();
+        r
+    }
+
+    pub fn keys(&self) -> &[(Arc<str>, KeyType)] {
+        &self.keys
+    }
+
+    /// The full schema: fixed columns, then every key in registry order.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn build_schema(&self) -> SchemaRef {
+        let mut fields = fixed_fields();
+        fields.extend(self.keys.iter().map(|(n, t)| Field::new(n.as_ref(), t.data_type(), true)));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The column for `key` holding a value of type `t`: `None` sends the value to the overflow
+    /// column (reserved name, other type, or no room for another key).
+    fn column(&mut self, key: &str, t: KeyType) -> Option<u32> {
+        if let Some(&i) = self.index.get(key) {
+            return (self.keys[i as usize].1 == t).then_some(i);
+        }
+        if self.keys.len() >= self.keys_max || RESERVED_NAMES.contains(&key) {
+            return None;
+        }
+        let name: Arc<str> = Arc::from(key);
+        let i = self.keys.len() as u32;
+        self.index.insert(name.clone(), i);
+        self.keys.push((name, t));
+        self.schema = self.build_schema();
+        Some(i)
+    }
+}
+
+pub fn fixed_fields() -> Vec<Field> {
+    vec![
+        Field::new(COL_TIME_NS, DataType::UInt64, false),
+        Field::new(COL_SOURCE, DataType::Utf8, false),
+        Field::new(COL_STREAM, DataType::Utf8, false),
+        Field::new(COL_RECEIVED_NS, DataType::UInt64, false),
+        Field::new(COL_ID, DataType::FixedSizeBinary(16), false),
+        Field::new(COL_SEQ, DataType::UInt64, false),
+        Field::new(COL_OVERFLOW, DataType::Utf8, true),
+    ]
+}
+
+/// The same rows with `schema`'s columns: columns missing from `batch` are all null. Every
+/// column of `batch` must be in `schema` with the same type.
+pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> RecordBatch {
+    if batch.schema() == *schema {
+        return batch.clone();
+    }
+    let rows = batch.num_rows();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| new_null_array(f.data_type(), rows)))
+        .collect();
+    RecordBatch::try_new(schema.clone(), columns).expect("aligned columns match the schema they were built from")
+}
+
+/// Per-line facts that do not come from the line.
+pub struct LineMeta<'a> {
+    pub source: &'a str,
+    pub stream_hex: &'a str,
+    pub received_ns: u64,
+    pub seq: u64,
+    pub id: u128,
+}
+
+/// Counts from appending lines, for the store's stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AppendCounts {
+    pub unparsed: u64,
+    pub overflow_values: u64,
+}
+
+enum KeyData {
+    Str(StringBuilder),
+    U64(UInt64Builder),
+}
+
+struct KeyCol {
+    data: KeyData,
+    len: usize,
+}
+
+impl KeyCol {
+    fn pad(&mut self, rows: usize) {
+        let n = rows - self.len;
+        if n > 0 {
+            match &mut self.data {
+                KeyData::Str(b) => b.append_nulls(n),
+                KeyData::U64(b) => b.append_nulls(n),
+            }
+            self.len = rows;
+        }
+    }
+}
+
+struct Active {
+    rows: usize,
+    time_ns: UInt64Builder,
+    source: StringBuilder,
+    stream: StringBuilder,
+    received_ns: UInt64Builder,
+    id: FixedSizeBinaryBuilder,
+    seq: UInt64Builder,
+    overflow: StringBuilder,
+    keys: Vec<Option<KeyCol>>,
+}
+
+impl Active {
+    fn new() -> Active {
+        Active {
+            rows: 0,
+            time_ns: UInt64Builder::new(),
+            source: StringBuilder::new(),
+            stream: StringBuilder::new(),
+            received_ns: UInt64Builder::new(),
+            id: FixedSizeBinaryBuilder::new(16),
+            seq: UInt64Builder::new(),
+            overflow: StringBuilder::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The rows so far as a batch: fixed columns, then the keys that have a value, in registry
+    /// order. `finish` empties the builders; otherwise they are copied.
+    fn batch(&mut self, registry: &Registry, finish: bool) -> RecordBatch {
+        let rows = self.rows;
+        let mut fields = fixed_fields();
+        let mut columns: Vec<ArrayRef> = if finish {
+            vec![
+                Arc::new(self.time_ns.finish()),
+                Arc::new(self.source.finish()),
+                Arc::new(self.stream.finish()),
+                Arc::new(self.received_ns.finish()),
+                Arc::new(self.id.finish()),
+                Arc::new(self.seq.finish()),
+                Arc::new(self.overflow.finish()),
+            ]
+        } else {
+            vec![
+                Arc::new(self.time_ns.finish_cloned()),
+                Arc::new(self.source.finish_cloned()),
+                Arc::new(self.stream.finish_cloned()),
+                Arc::new(self.received_ns.finish_cloned()),
+                Arc::new(self.id.finish_cloned()),
+                Arc::new(self.seq.finish_cloned()),
+                Arc::new(self.overflow.finish_cloned()),
+            ]
+        };
+        for (i, col) in self.keys.iter_mut().enumerate() {
+            let Some(col) = col else { continue };
+            col.pad(rows);
+            let (name, t) = &registry.keys()[i];
+            fields.push(Field::new(name.as_ref(), t.data_type(), true));
+            columns.push(match (&mut col.data, finish) {
+                (KeyData::Str(b), true) => Arc::new(b.finish()),
+                (KeyData::Str(b), false) => Arc::new(b.finish_cloned()),
+                (KeyData::U64(b), true) => Arc::new(b.finish()),
+                (KeyData::U64(b), false) => Arc::new(b.finish_cloned()),
+            });
+        }
+        if finish {
+            self.keys.clear();
+            self.rows = 0;
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("every column has one value per row")
+    }
+}
+
+/// Committed events not yet in segments.
+pub struct Buffer {
+    frozen: Vec<RecordBatch>,
+    active: Active,
+    rows: usize,
+    first_row_at: Option<Instant>,
+    parsed: Parsed,
+    overflow: String,
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer {
+            frozen: Vec::new(),
+            active: Active::new(),
+            rows: 0,
+            first_row_at: None,
+            parsed: Parsed::default(),
+            overflow: String::new(),
+        }
+    }
+}
+
+impl Buffer {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// When the oldest row still here was added.
+    pub fn first_row_at(&self) -> Option<Instant> {
+        self.first_row_at
+    }
+
+    /// Append one line (without its '\n'). Never fails: a line that does not parse becomes a row
+    /// with the receive time as `time_ns` and its text in the overflow column.
+    pub fn push_line(&mut self, registry: &mut Registry, line: &[u8], meta: &LineMeta<'_>) -> AppendCounts {
+        let mut counts = AppendCounts::default();
+        let a = &mut self.active;
+        let row = a.rows;
+        self.overflow.clear();
+        match self.parsed.parse(line) {
+            Ok(text) => {
+                a.time_ns.append_value(self.parsed.time_ns);
+                for (key, value) in &self.parsed.fields {
+                    let key_text = self.parsed.text(text, key);
+                    let t = match value {
+                        Value::Str(_) => KeyType::Utf8,
+                        Value::U64(_) => KeyType::Uint64,
+                    };
+                    let Some(i) = registry.column(key_text, t) else {
+                        counts.overflow_values += 1;
+                        overflow_pair(&mut self.overflow, key_text, value, &self.parsed, text);
+                        continue;
+                    };
+                    let i = i as usize;
+                    if a.keys.len() <= i {
+                        a.keys.resize_with(i + 1, || None);
+                    }
+                    let col = a.keys[i].get_or_insert_with(|| KeyCol {
+                        data: match t {
+                            KeyType::Utf8 => KeyData::Str(StringBuilder::new()),
+                            KeyType::Uint64 => KeyData::U64(UInt64Builder::new()),
+                        },
+                        len: 0,
+                    });
+                    col.pad(row);
+                    match (&mut col.data, value) {
+                        (KeyData::Str(b), Value::Str(s)) => b.append_value(self.parsed.text(text, s)),
+                        (KeyData::U64(b), Value::U64(n)) => b.append_value(*n),
+                        _ => unreachable!("the registry returns a column of the value's type"),
+                    }
+                    col.len = row + 1;
+                }
+            }
+            Err(_) => {
+                counts.unparsed += 1;
+                a.time_ns.append_value(meta.received_ns);
+                let lossy = String::from_utf8_lossy(line);
+                let mut end = lossy.len().min(UNPARSED_BYTES_MAX);
+                while !lossy.is_char_boundary(end) {
+                    end -= 1;
+                }
+                self.overflow.push('{');
+                push_json_str(&mut self.overflow, OVERFLOW_UNPARSED);
+                self.overflow.push(':');
+                push_json_str(&mut self.overflow, &lossy[..end]);
+                let cut = line.len().saturating_sub(end);
+                if end < lossy.len() {
+                    self.overflow.push(',');
+                    push_json_str(&mut self.overflow, OVERFLOW_UNPARSED_CUT);
+                    self.overflow.push(':');
+                    self.overflow.push_str(&cut.to_string());
+                }
+            }
+        }
+        if self.overflow.is_empty() {
+            a.overflow.append_null();
+        } else {
+            self.overflow.push('}');
+            a.overflow.append_value(&self.overflow);
+        }
+        a.source.append_value(meta.source);
+        a.stream.append_value(meta.stream_hex);
+        a.received_ns.append_value(meta.received_ns);
+        a.id.append_value(meta.id.to_be_bytes()).expect("16 bytes for a 16-byte column");
+        a.seq.append_value(meta.seq);
+        a.rows += 1;
+        self.rows += 1;
+        if self.first_row_at.is_none() {
+            self.first_row_at = Some(Instant::now());
+        }
+        if a.rows >= FREEZE_ROWS {
+            let batch = a.batch(registry, true);
+            self.frozen.push(batch);
+        }
+        counts
+    }
+
+    /// Every row, as batches aligned to the registry's full schema. Cheap for frozen rows (shared),
+    /// a copy of at most [`FREEZE_ROWS`] rows for the active part.
+    pub fn snapshot(&mut self, registry: &Registry) -> Vec<RecordBatch> {
+        let schema = registry.schema();
+        let mut out: Vec<RecordBatch> = self.frozen.iter().map(|b| align(b, &schema)).collect();
+        if self.active.rows > 0 {
+            out.push(align(&self.active.batch(registry, false), &schema));
+        }
+        out
+    }
+
+    /// Take every row out (for a flush); the buffer is empty afterwards.
+    pub fn take(&mut self, registry: &Registry) -> Vec<RecordBatch> {
+        if self.active.rows > 0 {
+            let batch = self.active.batch(registry, true);
+            self.frozen.push(batch);
+        }
+        self.rows = 0;
+        self.first_row_at = None;
+        std::mem::take(&mut self.frozen)
+    }
+
+    /// Put rows back in front (a flush that failed).
+    pub fn put_back(&mut self, mut batches: Vec<RecordBatch>) {
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows == 0 {
+            return;
+        }
+        batches.append(&mut self.frozen);
+        self.frozen = batches;
+        self.rows += rows;
+        self.first_row_at = Some(self.first_row_at.map_or(Instant::now(), |t| t.min(Instant::now())));
+    }
+}
+
+fn overflow_pair(out: &mut String, key: &str, value: &Value, parsed: &Parsed, text: &str) {
+    out.push(if out.is_empty() { '{' } else { ',' });
+    push_json_str(out, key);
+    out.push(':');
+    match value {
+        Value::Str(s) => push_json_str(out, parsed.text(text, s)),
+        Value::U64(n) => out.push_str(&n.to_string()),
+    }
+}
+
+/// Append `s` as a JSON string.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: Option<&str> = match b {
+            b'"' => Some("\\\""),
+            b'\\' => Some("\\\\"),
+            b'\n' => Some("\\n"),
+            b'\r' => Some("\\r"),
+            b'\t' => Some("\\t"),
+            0..=0x1f => None,
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        match esc {
+            Some(e) => out.push_str(e),
+            None => out.push_str(&format!("\\u{b:04x}")),
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, StringArray, UInt64Array};
+
+    fn meta(seq: u64) -> LineMeta<'static> {
+        LineMeta { source: "src", stream_hex: "00", received_ns: 77, seq, id: seq as u128 }
+    }
+
+    fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
+        b.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+    }
+
+    #[test]
+    fn types_are_decided_by_the_first_value_and_conflicts_overflow() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        buf.push_line(&mut reg, br#"{"time_ns":1,"a":"x","n":5}"#, &meta(1));
+        let c = buf.push_line(&mut reg, br#"{"time_ns":2,"a":7,"n":"five","sluice_seq":"forged"}"#, &meta(2));
+        assert_eq!(c.overflow_values, 3);
+        buf.push_line(&mut reg, br#"{"time_ns":3,"b":"y"}"#, &meta(3));
+        let c = buf.push_line(&mut reg, b"garbage \"line\"", &meta(4));
+        assert_eq!(c.unparsed, 1);
+        let batches = buf.snapshot(&reg);
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.schema().field_with_name("a").unwrap().data_type(), &DataType::Utf8);
+        assert_eq!(b.schema().field_with_name("n").unwrap().data_type(), &DataType::UInt64);
+        let a = col::<StringArray>(b, "a");
+        assert_eq!((a.value(0), a.is_null(1), a.is_null(2)), ("x", true, true));
+        let n = col::<UInt64Array>(b, "n");
+        assert_eq!((n.value(0), n.is_null(1)), (5, true));
+        let o = col::<StringArray>(b, COL_OVERFLOW);
+        assert!(o.is_null(0));
+        assert_eq!(o.value(1), r#"{"a":7,"n":"five","sluice_seq":"forged"}"#);
+        assert_eq!(o.value(3), r#"{"sluice_unparsed":"garbage \"line\""}"#);
+        assert_eq!(col::<UInt64Array>(b, COL_TIME_NS).values(), &[1, 2, 3, 77]);
+        assert_eq!(col::<StringArray>(b, "b").value(2), "y");
+    }
+
+    #[test]
+    fn keys_past_the_cap_overflow() {
+        let mut reg = Registry::new(&[], 2);
+        let mut buf = Buffer::default();
+        let c = buf.push_line(&mut reg, br#"{"time_ns":1,"a":"x","b":1,"c":"z"}"#, &meta(1));
+        assert_eq!(c.overflow_values, 1);
+        assert_eq!(reg.keys().len(), 2);
+        let b = &buf.snapshot(&reg)[0];
+        assert!(b.column_by_name("c").is_none());
+        assert_eq!(col::<StringArray>(b, COL_OVERFLOW).value(0), r#"{"c":"z"}"#);
+    }
+
+    #[test]
+    fn freezing_and_take_keep_every_row() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        let n = FREEZE_ROWS + 10;
+        for i in 0..n {
+            let line = if i % 3 == 0 { format!(r#"{{"time_ns":{i},"k{}":"v"}}"#, i % 5) } else { format!(r#"{{"time_ns":{i},"x":{i}}}"#) };
+            buf.push_line(&mut reg, line.as_bytes(), &meta(i as u64));
+        }
+        let snap = buf.snapshot(&reg);
+        assert_eq!(snap.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+        assert!(snap.iter().all(|b| b.schema() == reg.schema()));
+        let taken = buf.take(&reg);
+        assert_eq!(taken.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+        assert_eq!(buf.rows(), 0);
+        let seqs: Vec<u64> = taken.iter().flat_map(|b| col::<UInt64Array>(b, COL_SEQ).values().to_vec()).collect();
+        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\n\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\n\u0001é""#);
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\n\u{1}é");
+    }
+}
