@@ -141,12 +141,12 @@ const TIME_NS_WORD: u64 = u64::from_le_bytes(*b"time_ns\0");
 const RESERVED_WORD: u64 = u64::from_le_bytes(*b"sluice_\0");
 const LOW_7_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
 
-/// The fast path's visitor. Duplicate keys are found with a 64-bit Bloom filter of key hashes:
+/// The fast path's visitor. Duplicate keys are found with a 128-bit Bloom filter of key hashes:
 /// a key whose bit is clear is new (one test, no loop); only when the bit is set are the earlier
 /// keys compared byte for byte.
 struct Fast {
     classifier: Classifier,
-    bloom: u64,
+    bloom: u128,
     spans: [(u32, u32); KEYS_FAST_MAX],
     keys: usize,
 }
@@ -178,7 +178,7 @@ impl Visitor for Fast {
         let head = head_word(line, start, name.len());
         let mixed = if name.len() > 8 { head ^ tail_word(name).rotate_left(29) } else { head };
         let hash = (mixed ^ name.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let bit = 1u64 << (hash >> 58);
+        let bit = 1u128 << (hash >> 57);
         let duplicate = self.bloom & bit != 0 && self.seen_before(line, name);
         self.bloom |= bit;
         self.spans[self.keys] = (start32, end32);

@@ -217,29 +217,64 @@ fn parse_u64(digits: &[u8]) -> Option<u64> {
     }
 }
 
+/// Powers of ten by exponent, for joining a partial word of digits to the value so far.
+const POW10: [u64; 9] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 100_000_000];
+
+/// The value of eight decimal digits, one per byte (0..=9), the first (most significant) in the
+/// lowest byte: three multiplications instead of eight dependent ones.
+#[inline(always)]
+fn eight_digits(t: u64) -> u64 {
+    const MASK: u64 = 0x0000_00ff_0000_00ff;
+    const MUL1: u64 = 100 + (1_000_000 << 32);
+    const MUL2: u64 = 1 + (10_000 << 32);
+    let t = t.wrapping_mul(10).wrapping_add(t >> 8);
+    ((t & MASK).wrapping_mul(MUL1).wrapping_add(((t >> 16) & MASK).wrapping_mul(MUL2))) >> 32
+}
+
+/// Scans the run of digits starting at `i`, eight at a time. Returns the index after it and its
+/// value modulo 2^64 (exact when the run has at most 19 digits).
+#[inline(always)]
+fn scan_digits(b: &[u8], mut i: usize) -> (usize, u64) {
+    let mut value = 0u64;
+    while let Some(eight) = b.get(i..i + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(eight);
+        // Digit bytes become 0..=9. A borrow or carry only runs upward from a non-digit byte, so
+        // the lowest flagged byte is exactly the first non-digit.
+        let t = u64::from_le_bytes(bytes).wrapping_sub(LO * u64::from(b'0'));
+        let non_digit = (t | t.wrapping_add(LO * 0x76)) & HI;
+        if non_digit == 0 {
+            value = value.wrapping_mul(POW10[8]).wrapping_add(eight_digits(t));
+            i += 8;
+            continue;
+        }
+        let n = (non_digit.trailing_zeros() / 8) as usize;
+        if n > 0 {
+            // Keep the n digits, moved to the top bytes: the zero bytes below are leading zeros.
+            let digits = t << (8 * (8 - n));
+            value = value.wrapping_mul(POW10[n]).wrapping_add(eight_digits(digits));
+        }
+        return (i + n, value);
+    }
+    while let Some(d) = b.get(i).map(|c| c.wrapping_sub(b'0')).filter(|d| *d <= 9) {
+        value = value.wrapping_mul(10).wrapping_add(u64::from(d));
+        i += 1;
+    }
+    (i, value)
+}
+
 /// Scans a number starting at `i` (a `-` or a digit) by the JSON grammar. The integer case,
 /// nearly every number in real lines, is one pass; fractions and exponents go the cold way.
 #[inline(always)]
 pub(crate) fn scan_number(b: &[u8], start: usize) -> Result<(usize, Kind), NotJson> {
     let negative = b[start] == b'-';
     let int_start = start + usize::from(negative);
-    let first = *b.get(int_start).ok_or(NotJson)?;
-    let mut value = u64::from(first.wrapping_sub(b'0'));
-    if value > 9 {
-        return Err(NotJson);
-    }
-    let mut i = int_start + 1;
-    // A leading zero stands alone: "01" ends the number after "0" and fails in the caller.
-    if first != b'0' {
-        while i < b.len() {
-            let d = b[i].wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            value = value.wrapping_mul(10).wrapping_add(u64::from(d));
-            i += 1;
-        }
-    }
+    let (i, value) = match b.get(int_start) {
+        // A leading zero stands alone: "01" ends the number after "0" and fails in the caller.
+        Some(b'0') => (int_start + 1, 0),
+        Some(c) if is_digit(*c) => scan_digits(b, int_start),
+        _ => return Err(NotJson),
+    };
     if let Some(&c) = b.get(i) {
         if c == b'.' || c | 0x20 == b'e' {
             return scan_fraction_exponent(b, i);
@@ -567,6 +602,25 @@ mod tests {
         for s in ["1", " [1, 2] ", "\"x\"", "null", "true", "[]", "-5"] {
             assert_eq!(scan(s).map(|r| r.0), Ok(Shape::NotObject), "{s:?}");
         }
+    }
+
+    #[test]
+    fn digits_parse_at_every_length_and_alignment() {
+        for len in 1..=20 {
+            for pad in 0..9 {
+                let digits: String = (0..len).map(|k| char::from(b'1' + (k * 7 % 9) as u8)).collect();
+                let text = format!("{}{digits}x{}", " ".repeat(pad), " ".repeat(pad));
+                let (end, value) = scan_digits(text.as_bytes(), pad);
+                assert_eq!(end, pad + len, "{text:?}");
+                if len <= 19 {
+                    assert_eq!(value, digits.parse::<u64>().unwrap(), "{text:?}");
+                }
+            }
+        }
+        assert_eq!(scan_digits(b"12345678901234567890", 0), (20, 12345678901234567890));
+        assert_eq!(scan_digits(b"9/:0", 0), (1, 9));
+        assert_eq!(scan_digits(b"00000000123", 0), (11, 123));
+        assert_eq!(scan_digits(b"a", 0), (0, 0));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub const IDLE_LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// misbehaving server, not a rotation: back off instead of asking again at once.
 const EMPTY_OPEN_ENDS_MAX: u32 = 2;
 /// A backfill fetch that waits on the network longer than this gives its pool permit back.
-pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(1);
+pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(100);
 
 const STREAM_HEADER: &str = "sluice-stream-id";
 const STATE_HEADER: &str = "sluice-chunk-state";

@@ -238,3 +238,117 @@ fn bad_flags_get_a_clear_error() {
     assert!(!out.status.success() && err.contains("sluice certs"), "{err}");
     assert!(!dir.path().join("x").exists(), "a refused start touches no disk");
 }
+
+/// `curl` with a client certificate from `certs`, as the README shows.
+fn curl(certs: &std::path::Path, client: &str, url: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--fail-with-body", "--max-time", "60", "--cacert"])
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join(format!("{client}.pem")))
+        .arg("--key")
+        .arg(certs.join(format!("{client}.key")))
+        .arg(url);
+    c
+}
+
+#[test]
+fn mtls_end_to_end_with_curl_sighup_reload_and_metrics() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = sluice().args(["certs", "--client", "alice", "--client", "bob", "--dir"]).arg(&certs).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = dir.path().join("data");
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
+    let tls_args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--allow-clients",
+        allow.to_str().unwrap(),
+    ];
+    let mut sup = Supervisor::start(&data, &tls_args, &[exe, "gen", "--rate", "200"]);
+    let base = format!("https://localhost:{}", sup.ready_field("chunks").rsplit(':').next().unwrap());
+    let metrics_url = format!("http://{}/metrics", sup.ready_field("metrics"));
+
+    let list = curl(&certs, "alice", &format!("{base}/chunk/")).output().unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let ids = String::from_utf8(list.stdout).unwrap();
+    let open = ids.split_whitespace().last().expect("at least the open chunk").to_string();
+
+    // Alice follows the open chunk.
+    let mut follow = curl(&certs, "alice", &format!("{base}/chunk/{open}"))
+        .arg("-N")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut received = Vec::new();
+    let mut take = |received: &mut Vec<String>| received.extend(rx.try_iter());
+    wait_until("alice's stream starts", || {
+        take(&mut received);
+        received.len() > 5
+    });
+    assert!(curl(&certs, "bob", &format!("{base}/chunk/")).output().unwrap().status.success());
+
+    // Drop bob from the allow list; SIGHUP.
+    let text = std::fs::read_to_string(&allow).unwrap();
+    let alice_fp = text.lines().skip_while(|l| !l.contains("\"alice\"")).nth(1).unwrap().to_string();
+    std::fs::write(&allow, format!("# only alice now\n{alice_fp}\n")).unwrap();
+    sup.signal(libc::SIGHUP);
+    wait_until("the reload event", || !own_events(&data, "tls_reloaded").is_empty());
+    let refused = curl(&certs, "bob", &format!("{base}/chunk/")).output().unwrap();
+    assert!(!refused.status.success(), "bob must be refused after the reload");
+    assert!(refused.stdout.is_empty(), "a refused client gets no HTTP response at all");
+    wait_until("a client_rejected event", || !own_events(&data, "client_rejected").is_empty());
+
+    // Alice's stream goes on after the reload.
+    take(&mut received);
+    let before = received.len();
+    wait_until("alice still receives events", || {
+        take(&mut received);
+        received.len() > before + 5
+    });
+    // A broken allow list keeps the old one.
+    std::fs::write(&allow, "not a fingerprint\n").unwrap();
+    sup.signal(libc::SIGHUP);
+    wait_until("the failed reload event", || !own_events(&data, "tls_reload_failed").is_empty());
+    assert!(curl(&certs, "alice", &format!("{base}/chunk/")).output().unwrap().status.success());
+
+    let scrape = || {
+        let out = std::process::Command::new("curl").args(["-sS", &metrics_url]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let read = |metrics: &str, prefix: &str| -> Option<f64> {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    };
+    // The first group commit comes within one fsync interval.
+    wait_until("a group commit", || read(&scrape(), "sluice_fsyncs_total").is_some_and(|v| v >= 1.0));
+    let metrics = scrape();
+    let value = |prefix: &str| read(&metrics, prefix).unwrap_or_else(|| panic!("{prefix} missing in\n{metrics}"));
+    assert!(value("sluice_handshakes_rejected_total{reason=\"not_allowed\"}") >= 1.0);
+    assert!(value("sluice_clients_accepted_total") >= 3.0);
+    assert!(value("sluice_served_bytes_total") > 0.0);
+    assert!(value("sluice_captured_events_total") > 0.0);
+
+    // Shutdown ends alice's response properly: curl exits 0 only for a complete chunked body.
+    sup.signal(libc::SIGTERM);
+    assert_eq!(sup.wait(), 0);
+    let status = follow.wait().unwrap();
+    assert!(status.success(), "the follow response must end properly at shutdown: {status:?}");
+}
