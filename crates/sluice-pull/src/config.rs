@@ -619,7 +619,6 @@ fingerprint = "{FP}"
             assert!(message.starts_with(&prefix), "{what}: expected line {line}: {message}");
             assert!(message.contains(expected), "{what}: {message}");
             assert!(!message.ends_with('.'), "{what}: {message}");
-            eprintln!("{message}");
         }
     }
 

@@ -62,7 +62,7 @@ pub const IDLE_LIST_INTERVAL: Duration = Duration::from_secs(1);
 /// misbehaving server, not a rotation: back off instead of asking again at once.
 const EMPTY_OPEN_ENDS_MAX: u32 = 2;
 /// A backfill fetch that waits on the network longer than this gives its pool permit back.
-pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(100);
+pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(1);
 
 const STREAM_HEADER: &str = "sluice-stream-id";
 const STATE_HEADER: &str = "sluice-chunk-state";
@@ -459,13 +459,12 @@ impl<S: Sink> Shared<S> {
     ) -> Result<CommitOutcome, FetchError> {
         let mut outcome = CommitOutcome::Committed { offset: *next };
         let mut committed_any = false;
-        loop {
-            let Some(cut) = batch_cut(pending) else { break };
+        while let Some(cut) = batch_cut(pending) {
             let lines = pending.split_to(cut).freeze();
             let last = batch_cut(pending).is_none();
             let batch_complete = complete && last && pending.is_empty();
             let start = *next;
-            if let Some(t) = lines.strip_suffix(b"\n").and_then(|l| last_line_time_ns(l)) {
+            if let Some(t) = lines.strip_suffix(b"\n").and_then(last_line_time_ns) {
                 self.metrics.newest_event_ns.fetch_max(t, Relaxed);
             }
             *next += lines.len() as u64;
@@ -561,6 +560,8 @@ struct FetchCx<'a> {
 struct PermitSlot {
     pool: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Counted in `idle` (gave the permit back and did not get it again yet).
+    released: bool,
     /// The source's count of fetches waiting without a permit (and its wake-up).
     idle: Arc<IdleFetches>,
 }
@@ -575,19 +576,27 @@ struct IdleFetches {
 
 impl PermitSlot {
     fn new(pool: Arc<Semaphore>, permit: OwnedSemaphorePermit, idle: Arc<IdleFetches>) -> PermitSlot {
-        PermitSlot { pool, permit: Some(permit), idle }
+        PermitSlot { pool, permit: Some(permit), released: false, idle }
     }
 
     fn release(&mut self) {
-        if self.permit.take().is_some() {
+        if !self.released {
+            self.permit = None;
+            self.released = true;
             self.idle.count.fetch_add(1, Relaxed);
         }
     }
 
     async fn reacquire(&mut self) {
-        if self.permit.is_none() {
+        if self.released {
             // A closed pool means the store is stopping; go on without a permit until shutdown.
             self.permit = Arc::clone(&self.pool).acquire_owned().await.ok();
+            self.back();
+        }
+    }
+
+    fn back(&mut self) {
+        if std::mem::take(&mut self.released) {
             self.idle.count.fetch_sub(1, Relaxed);
             self.idle.changed.notify_waiters();
         }
@@ -596,10 +605,7 @@ impl PermitSlot {
 
 impl Drop for PermitSlot {
     fn drop(&mut self) {
-        if self.permit.is_none() {
-            self.idle.count.fetch_sub(1, Relaxed);
-            self.idle.changed.notify_waiters();
-        }
+        self.back();
     }
 }
 
@@ -823,31 +829,35 @@ async fn backfill_loop<S: Sink>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: JoinSet<(ChunkId, Result<FollowEnd, FetchError>)> = JoinSet::new();
+    // Which chunk each fetch task reads, to clean up after a task that panicked.
+    let mut tasks: HashMap<tokio::task::Id, ChunkId> = HashMap::new();
     let mut inflight: HashSet<ChunkId> = HashSet::new();
     let mut retry: HashMap<(u128, ChunkId), (Instant, Backoff)> = HashMap::new();
     let mut source_backoff = Backoff::default();
     let mut not_before = Instant::now();
     loop {
-        while let Some(done) = running.try_join_next() {
-            finish(&shared, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
+        while let Some(done) = running.try_join_next_with_id() {
+            let chunk = done_chunk(&mut tasks, &done);
+            finish(&shared, chunk, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
         }
         let listing = listings.borrow_and_update().clone();
         let now = Instant::now();
-        let pick = |inflight: &HashSet<ChunkId>, retry: &HashMap<(u128, ChunkId), (Instant, Backoff)>| {
-            listing.as_ref().and_then(|l| next_chunk(&shared, l, inflight, retry, Instant::now()))
-        };
         let idle = shared.idle_fetches.count.load(Relaxed);
-        if now >= not_before && idle == 0 && pick(&inflight, &retry).is_some() {
+        let startable = now >= not_before
+            && idle == 0
+            && listing.as_ref().is_some_and(|l| next_chunk(&shared, l, &inflight, &retry, now).is_some());
+        if startable {
             let permit = tokio::select! {
                 permit = Arc::clone(&pool).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => return, // the pool was closed: the store is stopping
                 },
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             };
             // The newest chunk at the moment a worker is free, not when we started waiting.
-            while let Some(done) = running.try_join_next() {
-                finish(&shared, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
+            while let Some(done) = running.try_join_next_with_id() {
+                let chunk = done_chunk(&mut tasks, &done);
+                finish(&shared, chunk, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
             }
             let listing = listings.borrow().clone();
             let Some(l) = listing else { continue };
@@ -856,7 +866,7 @@ async fn backfill_loop<S: Sink>(
             let task_shared = Arc::clone(&shared);
             let mut task_shutdown = shutdown.clone();
             let slot = PermitSlot::new(Arc::clone(&pool), permit, Arc::clone(&shared.idle_fetches));
-            running.spawn(async move {
+            let handle = running.spawn(async move {
                 let mut stream = Some(l.stream);
                 task_shared.note_offset(chunk, task_shared.progress(l.stream, chunk).offset, Mode::Backfill);
                 let mut cx = FetchCx {
@@ -871,6 +881,7 @@ async fn backfill_loop<S: Sink>(
                 task_shared.account_backlog(l.stream, &l.ids);
                 (chunk, end)
             });
+            tasks.insert(handle.id(), chunk);
             continue;
         }
         // Nothing to start now: wait for a new listing, a finished fetch, a retry time, a stalled
@@ -886,14 +897,28 @@ async fn backfill_loop<S: Sink>(
         };
         tokio::select! {
             changed = listings.changed() => if changed.is_err() { return },
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                finish(&shared, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let chunk = done_chunk(&mut tasks, &done);
+                finish(&shared, chunk, done, &mut inflight, &mut retry, &mut source_backoff, &mut not_before);
             }
             _ = sleep_until_opt(wake) => {}
             _ = idle_changed => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+    // Fetches see the shutdown themselves and stop at their next wait on the network; let them,
+    // rather than dropping one in the middle of a commit.
+    while running.join_next().await.is_some() {}
+}
+
+type Done = Result<(tokio::task::Id, (ChunkId, Result<FollowEnd, FetchError>)), tokio::task::JoinError>;
+
+fn done_chunk(tasks: &mut HashMap<tokio::task::Id, ChunkId>, done: &Done) -> Option<ChunkId> {
+    let id = match done {
+        Ok((id, _)) => *id,
+        Err(e) => e.id(),
+    };
+    tasks.remove(&id)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -906,19 +931,20 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// Bookkeeping after one backfill fetch.
 fn finish<S: Sink>(
     shared: &Shared<S>,
-    done: Result<(ChunkId, Result<FollowEnd, FetchError>), tokio::task::JoinError>,
+    chunk: Option<ChunkId>,
+    done: Done,
     inflight: &mut HashSet<ChunkId>,
     retry: &mut HashMap<(u128, ChunkId), (Instant, Backoff)>,
     source_backoff: &mut Backoff,
     not_before: &mut Instant,
 ) {
-    let Ok((chunk, end)) = done else {
-        // A panicking fetch (a bug in a sink) must not stop the source; its chunk is retried
-        // after the listing changes, since it is no longer in flight.
-        inflight.clear();
-        return;
-    };
+    let Some(chunk) = chunk else { return };
     inflight.remove(&chunk);
+    let end = match done {
+        Ok((_, (_, end))) => end,
+        // A fetch that panicked (a bug in the sink) must not stop the source: retry it later.
+        Err(e) => Err(FetchError::new(ErrorKind::Sink, format!("fetching chunk {chunk} panicked: {e}"))),
+    };
     let stream = shared.listing_tx.borrow().as_ref().map(|l| l.stream);
     let failed = match end {
         Ok(FollowEnd::Complete | FollowEnd::Gone | FollowEnd::Shutdown) => false,

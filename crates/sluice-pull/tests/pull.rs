@@ -72,7 +72,11 @@ impl Certs {
     }
 
     fn source_with(&self, name: &str, fake: &Fake, cert: PathBuf, key: PathBuf, trust: Trust) -> SourceConfig {
-        let url = format!("https://127.0.0.1:{}", fake.addr.port());
+        self.source_at(name, fake.addr, cert, key, trust)
+    }
+
+    fn source_at(&self, name: &str, addr: SocketAddr, cert: PathBuf, key: PathBuf, trust: Trust) -> SourceConfig {
+        let url = format!("https://127.0.0.1:{}", addr.port());
         SourceConfig { name: Arc::from(name), endpoint: Endpoint::parse_https(&url).unwrap(), url, cert, key, trust }
     }
 }
@@ -400,6 +404,19 @@ impl MemSink {
 
     fn commits(&self) -> Vec<Commit> {
         self.0.lock().unwrap().commits.clone()
+    }
+
+    /// Every chunk of `stream`: (id, data, complete), oldest first.
+    fn chunks(&self, stream: u128) -> Vec<(String, Vec<u8>, bool)> {
+        let s = self.0.lock().unwrap();
+        let mut out: Vec<(String, Vec<u8>, bool)> = s
+            .chunks
+            .iter()
+            .filter(|((st, _), _)| *st == stream)
+            .map(|((_, id), c)| (id.clone(), c.data.clone(), c.complete))
+            .collect();
+        out.sort_by_key(|(id, _, _)| sluice_chunk::ChunkId::parse(id).unwrap());
+        out
     }
 
     fn lost(&self) -> Vec<(String, u128, String, u64)> {
@@ -778,4 +795,76 @@ async fn a_stalled_source_does_not_delay_another() {
     assert!(!sink.complete(STREAM_B, "25"));
     stop.send_replace(true);
     tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+/// The one test against the real chunk server of `sluice supervise` (small chunks, so that the
+/// history spans several): the whole stream arrives, in order, each line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_everything_from_the_real_supervisor() {
+    use sluice_chunk::{ChunkLog, DiskStorage, FsyncPolicy, LogConfig, SystemClock};
+    use sluice_supervisor::{metrics::Metrics, serve};
+
+    let certs = Certs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        chunk_bytes_max: 64 * 1024,
+        line_bytes_max: 4096,
+        fsync: FsyncPolicy::Never,
+        ..LogConfig::default()
+    };
+    let (log, _) =
+        ChunkLog::open(DiskStorage::open(&dir.path().join("data")).unwrap(), config, Arc::new(SystemClock)).unwrap();
+    let log = Arc::new(log);
+    let stream = log.stream_id().0;
+    let history = lines("history", 3000);
+    for line in history.split_inclusive(|&b| b == b'\n') {
+        log.append(line).unwrap();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reloads, reloads_rx) = watch::channel(0u64);
+    let (stop_server, server_shutdown) = watch::channel(false);
+    let server = tokio::spawn(serve::serve_chunks(
+        listener,
+        certs.server_tls(),
+        Arc::clone(&log),
+        Arc::new(Metrics::default()),
+        serve::ServeConfig::default(),
+        reloads_rx,
+        server_shutdown,
+    ));
+
+    let (_, cert, key, _) = certs.generated.clients[0].clone();
+    let src = certs.source_at("real", addr, cert, key, Trust::CaFile(certs.generated.ca.clone()));
+    let sink = Arc::new(MemSink::default());
+    let metrics = Arc::new(PullMetrics::new());
+    let run = Running::start(src, &sink, &Arc::new(Semaphore::new(1)), &metrics);
+
+    let tagged = |tag: &str| -> Vec<u8> {
+        let needle = format!("\"tag\":\"{tag}\"");
+        let mut out = Vec::new();
+        for (_, data, _) in sink.chunks(stream) {
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                if line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    out.extend_from_slice(line);
+                }
+            }
+        }
+        out
+    };
+    wait_until("the history", || tagged("history") == history).await;
+    let live = lines("live", 200);
+    for line in live.split_inclusive(|&b| b == b'\n') {
+        log.append(line).unwrap();
+    }
+    wait_until("the live lines", || tagged("live") == live).await;
+    let chunks = sink.chunks(stream);
+    assert!(chunks.len() >= 3, "the history spans several chunks: {}", chunks.len());
+    let (_, older) = chunks.split_last().unwrap();
+    assert!(older.iter().all(|(_, _, complete)| *complete), "every chunk but the open one is complete");
+    run.stop().await;
+    assert_eq!(sink.violations(), Vec::<String>::new());
+    stop_server.send_replace(true);
+    log.close().unwrap();
+    tokio::time::timeout(DEADLINE, server).await.unwrap().unwrap();
 }
