@@ -3,6 +3,7 @@
 
 mod certs;
 mod gen;
+mod store;
 mod supervise;
 mod units;
 
@@ -26,6 +27,7 @@ enum Command {
     Supervise(Box<supervise::Args>),
     Gen(gen::Args),
     Certs(certs::Args),
+    Store(store::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Supervise(args) => supervise::run(*args),
         Command::Gen(args) => gen::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Store(args) => store::run(args),
     };
     match result {
         Ok(code) => code,

@@ -352,3 +352,81 @@ fn mtls_end_to_end_with_curl_sighup_reload_and_metrics() {
     let status = follow.wait().unwrap();
     assert!(status.success(), "the follow response must end properly at shutdown: {status:?}");
 }
+
+#[test]
+fn store_pulls_every_event_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = sluice().args(["certs", "--client", "store", "--dir"]).arg(&certs).output().unwrap();
+    assert!(out.status.success());
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
+    let tls_args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "none",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--allow-clients",
+        allow.to_str().unwrap(),
+    ];
+    let mut sups = Vec::new();
+    let mut sources = String::new();
+    for i in 0..3 {
+        let data = dir.path().join(format!("sup{i}"));
+        // The generator writes its events, then the child stays up so the supervisor keeps serving.
+        let script = format!("{exe} gen --count 40000 --seed {i} --bad-ratio 0.01; exec sleep 3600");
+        let sup = Supervisor::start(&data, &tls_args, &["sh", "-c", &script]);
+        sources.push_str(&format!("[[source]]\nname = \"web-{i}\"\nurl = \"https://{}\"\n", sup.ready_field("chunks")));
+        sups.push(sup);
+    }
+    let store_dir = dir.path().join("store");
+    let config = dir.path().join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n{sources}",
+            store_dir.display(),
+            certs.join("store.pem").display(),
+            certs.join("store.key").display(),
+            certs.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+
+    // Crash the store in the middle of ingesting.
+    let store = StoreProc::start(&config);
+    wait_until("some events committed", || {
+        store.metric("sluice_store_rows_committed_total").is_some_and(|n| n >= 10_000.0)
+    });
+    store.signal(libc::SIGKILL);
+    let mut store = store;
+    store.wait();
+
+    // Restart: it must catch up with everything the supervisors hold.
+    let mut store = StoreProc::start(&config);
+    let expected =
+        || -> std::collections::HashSet<u128> { sups.iter().flat_map(|s| expected_ids(&s.data_dir)).collect() };
+    wait_until("the store holds every supervisor event", || {
+        let want = expected().len() as f64;
+        let held = store.metric("sluice_store_rows_in_segments").unwrap_or(0.0)
+            + store.metric("sluice_store_rows_buffered").unwrap_or(0.0);
+        held >= want
+    });
+    let before_stop = expected();
+    store.signal(libc::SIGTERM);
+    assert_eq!(store.wait(), 0);
+
+    let (rows, ids) = duckdb_ids(&store_dir);
+    let unique: std::collections::HashSet<u128> = ids.iter().copied().collect();
+    assert_eq!(rows as usize, unique.len(), "an event is stored twice");
+    let missing = before_stop.difference(&unique).count();
+    assert_eq!(missing, 0, "{missing} events of the supervisors are not in the store's segments");
+    // Nothing the supervisors did not write (they only grow, so read them again now).
+    let after = expected();
+    assert!(unique.is_subset(&after), "the store holds events no supervisor wrote");
+    assert!(rows >= 120_000, "{rows} rows");
+}

@@ -166,3 +166,126 @@ pub fn gen_output(args: &[&str]) -> Vec<u8> {
     assert!(out.status.success(), "sluice gen failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
+
+/// A running `sluice store`.
+pub struct StoreProc {
+    pub child: Child,
+    pub listen: String,
+    _stderr: mpsc::Receiver<String>,
+}
+
+impl StoreProc {
+    pub fn start(config: &Path) -> StoreProc {
+        let mut child = sluice()
+            .arg("store")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice store");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[store] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let ready = loop {
+            match rx.recv_timeout(DEADLINE) {
+                Ok(line) if line.contains("sluice store: ready") => break line,
+                Ok(_) => continue,
+                Err(e) => panic!("store never became ready: {e}"),
+            }
+        };
+        let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("listen=")).expect("listen=").to_string();
+        StoreProc { child, listen, _stderr: rx }
+    }
+
+    /// One metric value from /metrics (None if the scrape or the metric is missing).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &format!("http://{}/metrics", self.listen)])
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn wait(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < DEADLINE, "store did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for StoreProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The event ids of every line in a supervisor's data directory, computed from the chunk files.
+pub fn expected_ids(data_dir: &Path) -> std::collections::HashSet<u128> {
+    let stream = std::fs::read_to_string(data_dir.join("stream-id")).expect("stream-id");
+    let stream = u128::from_str_radix(stream.trim(), 16).expect("hex stream id");
+    let mut ids = std::collections::HashSet::new();
+    for (id, bytes, _) in chunks(data_dir) {
+        let chunk = id.to_string();
+        let mut offset = 0u64;
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            if line.ends_with(b"\n") {
+                ids.insert(sluice_event::event_id(stream, &chunk, offset, &line[..line.len() - 1]));
+            }
+            offset += line.len() as u64;
+        }
+    }
+    ids
+}
+
+/// Read every live segment listed in the store's manifest with DuckDB (an independent Parquet
+/// reader): returns (rows, the sluice_id of each row).
+pub fn duckdb_ids(store_dir: &Path) -> (u64, Vec<u128>) {
+    let manifest = std::fs::read_to_string(store_dir.join("manifest.json")).expect("manifest.json");
+    let script = r#"
+import duckdb, json, sys
+d = sys.argv[1]
+m = json.load(open(d + "/manifest.json"))
+paths = [d + "/" + s["path"] for s in m["segments"]]
+if not paths:
+    print(0); sys.exit(0)
+con = duckdb.connect()
+rows = con.execute("SELECT hex(sluice_id) FROM read_parquet(?, hive_partitioning=true, union_by_name=true)", [paths]).fetchall()
+print(len(rows))
+for (h,) in rows:
+    print(h)
+"#;
+    assert!(manifest.contains("\"segments\""));
+    let out = Command::new("python3").arg("-c").arg(script).arg(store_dir).output().expect("python3");
+    assert!(out.status.success(), "duckdb failed (pip install duckdb): {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines();
+    let rows: u64 = lines.next().expect("row count").parse().expect("number");
+    let ids = lines.map(|h| u128::from_str_radix(h, 16).expect("hex id")).collect();
+    (rows, ids)
+}
