@@ -383,6 +383,28 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
         sources.push_str(&format!("[[source]]\nname = \"web-{i}\"\nurl = \"https://{}\"\n", sup.ready_field("chunks")));
         sups.push(sup);
     }
+    // A second URL for the first supervisor: the same stream, so nothing may be stored twice.
+    let port0 = sups[0].ready_field("chunks").rsplit(':').next().unwrap().to_string();
+    sources.push_str(&format!("[[source]]\nname = \"web-0-again\"\nurl = \"https://localhost:{port0}\"\n"));
+    // A supervisor whose allow list does not hold the store's certificate: an error for that
+    // source alone.
+    let other = dir.path().join("other-certs");
+    assert!(sluice().args(["certs", "--client", "someone-else", "--dir"]).arg(&other).output().unwrap().status.success());
+    let other_allow = other.join("allowed-clients.txt");
+    let refusing_args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "none",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--allow-clients",
+        other_allow.to_str().unwrap(),
+    ];
+    let refusing = Supervisor::start(&dir.path().join("refusing"), &refusing_args, &["sleep", "3600"]);
+    sources.push_str(&format!("[[source]]\nname = \"refusing\"\nurl = \"https://{}\"\n", refusing.ready_field("chunks")));
     let store_dir = dir.path().join("store");
     let config = dir.path().join("store.toml");
     std::fs::write(
@@ -416,6 +438,8 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
             + store.metric("sluice_store_rows_buffered").unwrap_or(0.0);
         held >= want
     });
+    let refused = store.metric("sluice_source_errors_total{source=\"refusing\",kind=\"tls\"}").unwrap_or(0.0);
+    assert!(refused >= 1.0, "the refusing source reports TLS errors");
     let before_stop = expected();
     store.signal(libc::SIGTERM);
     assert_eq!(store.wait(), 0);
@@ -429,4 +453,92 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
     let after = expected();
     assert!(unique.is_subset(&after), "the store holds events no supervisor wrote");
     assert!(rows >= 120_000, "{rows} rows");
+}
+
+/// A port that was free a moment ago (for a config written before its server starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn store_takes_newest_events_first_after_a_source_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(sluice().args(["certs", "--client", "store", "--dir"]).arg(&certs).output().unwrap().status.success());
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    let data = dir.path().join("sup");
+    // A backlog written while the store could not reach the supervisor: synthetic times in 2026-11.
+    let mut prefill =
+        Supervisor::start(&data, &args(&["--restart", "never"]), &[exe, "gen", "--count", "60000", "--seed", "9"]);
+    assert_eq!(prefill.wait(), 0);
+    assert!(chunks(&data).len() >= 8, "a backlog of several chunks");
+
+    let port = free_port();
+    let store_dir = dir.path().join("store");
+    let config = dir.path().join("store.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nbackfill_workers = 1\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n[[source]]\nname = \"back\"\nurl = \"https://127.0.0.1:{port}\"\n",
+            store_dir.display(),
+            certs.join("store.pem").display(),
+            certs.join("store.key").display(),
+            certs.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let mut store = StoreProc::start(&config);
+    wait_until("the store notices the source is down", || {
+        store.metric("sluice_source_errors_total{source=\"back\",kind=\"connect\"}").is_some_and(|n| n >= 1.0)
+    });
+    // The source comes back, with live events (wall-clock times) on top of its backlog.
+    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
+    let listen = format!("127.0.0.1:{port}");
+    let tls_args = [
+        "--listen",
+        listen.as_str(),
+        "--metrics-listen",
+        "none",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--allow-clients",
+        allow.to_str().unwrap(),
+    ];
+    let script = format!("{exe} gen --rate 200 --count 400; exec sleep 3600");
+    let sup = Supervisor::start(&data, &tls_args, &["sh", "-c", &script]);
+    wait_until("the backlog completes", || {
+        let want = expected_ids(&sup.data_dir).len() as f64;
+        let held = store.metric("sluice_store_rows_in_segments").unwrap_or(0.0) + store.metric("sluice_store_rows_buffered").unwrap_or(0.0);
+        held >= want
+    });
+    store.signal(libc::SIGTERM);
+    assert_eq!(store.wait(), 0);
+
+    // Receive times: the first live event arrived before the first event of the oldest backlog.
+    let script = r#"
+import duckdb, json, sys
+d = sys.argv[1]
+m = json.load(open(d + "/manifest.json"))
+paths = [d + "/" + s["path"] for s in m["segments"]]
+con = duckdb.connect()
+con.execute("CREATE VIEW e AS SELECT * FROM read_parquet(%r, hive_partitioning=true, union_by_name=true)" % paths)
+first_synthetic = con.execute("SELECT min(time_ns) FROM e WHERE time_ns < 1794000000000000000 AND sluice_origin IS NULL").fetchone()[0]
+oldest = con.execute("SELECT min(sluice_received_ns) FROM e WHERE time_ns < ? + 1000000000", [first_synthetic]).fetchone()[0]
+live = con.execute("SELECT min(sluice_received_ns) FROM e WHERE time_ns > 1794000000000000000 AND sluice_origin IS NULL").fetchone()[0]
+last_synthetic = con.execute("SELECT max(time_ns) FROM e WHERE time_ns < 1794000000000000000 AND sluice_origin IS NULL").fetchone()[0]
+newest_backlog = con.execute("SELECT min(sluice_received_ns) FROM e WHERE time_ns > ? - 1000000000 AND time_ns < 1794000000000000000", [last_synthetic]).fetchone()[0]
+total = con.execute("SELECT count(*), count(DISTINCT sluice_id) FROM e").fetchone()
+print(oldest, live, total[0], total[1], newest_backlog)
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(&store_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let (oldest, live, rows, distinct, newest_backlog) = (v[0], v[1], v[2], v[3], v[4]);
+    assert!(newest_backlog < oldest, "backfill goes newest first: {newest_backlog} vs oldest {oldest}");
+    assert!(live < oldest, "live events (received {live}) must come before the oldest backlog (received {oldest})");
+    assert_eq!(rows, distinct, "no event twice");
+    assert!(rows >= 60_400, "{rows}");
 }
