@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: a pre-filled backlog on 4 supervisors, pulled by one `sluice store`.
+
+Reports, for the store alone (its process, from /proc): events/s and MB/s of raw JSON per
+CPU-second, peak RSS, and the bytes on disk per event after it stopped (everything under its
+data_dir: segments, write-ahead log, manifest), beside `zstd -19` of the same raw lines measured
+in the same run. Every figure is the median of --runs runs.
+
+    python3 bench/ingest.py [--events 2000000] [--runs 3] [--smoke]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture import build, machine, proc_cpu_s  # noqa: E402
+
+SOURCES = 4
+
+
+def ready_line(proc, marker):
+    for raw in proc.stderr:
+        line = raw.decode(errors="replace")
+        if marker in line:
+            return line
+    raise RuntimeError(f"process exited before {marker!r}")
+
+
+def field(line, key):
+    for w in line.split():
+        if w.startswith(key + "="):
+            return w[len(key) + 1:]
+    raise KeyError(key)
+
+
+def metric(addr, name):
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def chunk_bytes_and_lines(d):
+    size = lines = 0
+    for n in os.listdir(d):
+        if n.endswith(".chunk") or n.endswith(".open"):
+            with open(os.path.join(d, n), "rb") as f:
+                data = f.read()
+            size += len(data)
+            lines += data.count(b"\n")
+    return size, lines
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for n in files:
+            total += os.path.getsize(os.path.join(root, n))
+    return total
+
+
+def one_run(exe, work, events):
+    certs = os.path.join(work, "certs")
+    subprocess.run([exe, "certs", "--dir", certs, "--client", "store"], check=True, stdout=subprocess.DEVNULL)
+    sups, sources = [], ""
+    for i in range(SOURCES):
+        data = os.path.join(work, f"sup{i}")
+        subprocess.run([exe, "supervise", "--data-dir", data, "--listen", "none", "--metrics-listen", "none",
+                        "--restart", "never", "--retention-bytes-max", "100GB", "--",
+                        exe, "gen", "--count", str(events // SOURCES), "--seed", str(i)], check=True,
+                       stderr=subprocess.DEVNULL)
+        p = subprocess.Popen([exe, "supervise", "--data-dir", data, "--listen", "127.0.0.1:0",
+                              "--metrics-listen", "none", "--retention-bytes-max", "100GB",
+                              "--tls-cert", f"{certs}/server.pem", "--tls-key", f"{certs}/server.key",
+                              "--allow-clients", f"{certs}/allowed-clients.txt", "--", "sleep", "3600"],
+                             stderr=subprocess.PIPE)
+        addr = field(ready_line(p, "ready stream="), "chunks")
+        sups.append((p, data))
+        sources += f'[[source]]\nname = "web-{i}"\nurl = "https://{addr}"\n'
+    store_dir = os.path.join(work, "store")
+    config = os.path.join(work, "store.toml")
+    with open(config, "w") as f:
+        f.write(f'data_dir = "{store_dir}"\nlisten = "127.0.0.1:0"\n[tls]\ncert = "{certs}/store.pem"\n'
+                f'key = "{certs}/store.key"\nca = "{certs}/ca.pem"\n{sources}')
+    raw_bytes = raw_lines = 0
+    for _, d in sups:
+        b, n = chunk_bytes_and_lines(d)
+        raw_bytes += b
+        raw_lines += n
+    t0 = time.perf_counter()
+    store = subprocess.Popen([exe, "store", "--config", config], stderr=subprocess.PIPE)
+    listen = field(ready_line(store, "sluice store: ready"), "listen")
+    deadline = time.time() + 3600
+    while True:
+        held = metric(listen, "sluice_store_rows_in_segments") + metric(listen, "sluice_store_rows_buffered")
+        if held >= raw_lines:
+            break
+        if time.time() > deadline:
+            raise RuntimeError("store did not catch up within an hour")
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    cpu = proc_cpu_s(store.pid)
+    rss = peak_rss_mb(store.pid)
+    store.terminate()
+    store.wait()
+    disk = du(store_dir)
+    for p, _ in sups:
+        p.terminate()
+        p.wait()
+    # zstd -19 of the same raw lines, single-threaded.
+    raw_all = os.path.join(work, "raw.ndjson")
+    with open(raw_all, "wb") as out:
+        for _, d in sups:
+            for n in sorted(os.listdir(d), key=lambda n: (len(n), n)):
+                if n.endswith(".chunk") or n.endswith(".open"):
+                    with open(os.path.join(d, n), "rb") as f:
+                        shutil.copyfileobj(f, out)
+    zstd_bytes = len(subprocess.run(["zstd", "-19", "-T1", "-c", raw_all], check=True, capture_output=True).stdout)
+    gzip_bytes = len(subprocess.run(["gzip", "-6", "-c", raw_all], check=True, capture_output=True).stdout)
+    return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, rss=rss, disk=disk, zstd=zstd_bytes, gzip=gzip_bytes)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.events, args.runs = 40_000, 1
+    if shutil.which("zstd") is None:
+        sys.exit("zstd is needed for the baseline: apt-get install -y zstd")
+    exe = build()
+    runs = []
+    for _ in range(args.runs):
+        work = tempfile.mkdtemp(prefix="sluice-ingest-")
+        try:
+            runs.append(one_run(exe, work, args.events))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+    lines, raw, wall, cpu, rss, disk, zstd, gz = (med(k) for k in
+                                                  ("lines", "raw", "wall", "cpu", "rss", "disk", "zstd", "gzip"))
+    mbps_cpu = raw / 1e6 / cpu
+    rows = [
+        ("events/s (wall, until all held)", f"{lines / wall:,.0f}", "", ""),
+        ("raw JSON MB/s per CPU-second of the store", f"{mbps_cpu:,.1f}", "≥ 150", "met" if mbps_cpu >= 150 else "NOT met"),
+        ("events per CPU-second of the store", f"{lines / cpu:,.0f}", "", ""),
+        ("peak RSS of the store, MB", f"{rss:,.0f}", "< 1024", "met" if rss < 1024 else "NOT met"),
+        ("bytes on disk per event (all of data_dir)", f"{disk / lines:.1f}", "", ""),
+        ("zstd -19 of the raw lines, bytes per event", f"{zstd / lines:.1f}", "", ""),
+        ("gzip -6 of the raw lines, bytes per event", f"{gz / lines:.1f}", "", ""),
+        ("raw NDJSON, bytes per event", f"{raw / lines:.1f}", "", ""),
+        ("store bytes / zstd -19 bytes", f"{disk / zstd:.2f}", "≤ 1.0 (aim 0.8)", "met" if disk <= zstd else "NOT met"),
+    ]
+    print(f"Ingest benchmark: {lines:,.0f} events ({raw / 1e6:,.0f} MB raw) from {SOURCES} supervisors, "
+          f"median of {args.runs} runs")
+    print(f"Machine: {machine()}; date {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| metric | sluice store | target | verdict |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
