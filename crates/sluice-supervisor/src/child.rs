@@ -117,14 +117,30 @@ impl ChildSpec {
 
 /// Start the child in its own process group (so that a terminal's Ctrl-C reaches only the
 /// supervisor, which forwards it once), stdin from /dev/null, stdout and stderr piped.
+///
+/// If the supervisor dies without stopping it (`kill -9`), the kernel sends the child SIGTERM
+/// (`PR_SET_PDEATHSIG`): a child that never writes would otherwise outlive it forever. The death
+/// signal fires when the *thread* that spawned the child exits, so call this from a thread that
+/// lives as long as the supervisor (the main thread does).
 pub fn spawn(spec: &ChildSpec) -> std::io::Result<(Child, ChildStdout, ChildStderr)> {
-    let mut child = Command::new(&spec.program)
-        .args(&spec.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (prctl, getppid, kill on itself); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor died between fork and prctl: nobody will send the signal.
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
     Ok((child, stdout, stderr))

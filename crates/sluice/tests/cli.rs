@@ -389,7 +389,13 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
     // A supervisor whose allow list does not hold the store's certificate: an error for that
     // source alone.
     let other = dir.path().join("other-certs");
-    assert!(sluice().args(["certs", "--client", "someone-else", "--dir"]).arg(&other).output().unwrap().status.success());
+    assert!(sluice()
+        .args(["certs", "--client", "someone-else", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap()
+        .status
+        .success());
     let other_allow = other.join("allowed-clients.txt");
     let refusing_args = [
         "--listen",
@@ -404,7 +410,8 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
         other_allow.to_str().unwrap(),
     ];
     let refusing = Supervisor::start(&dir.path().join("refusing"), &refusing_args, &["sleep", "3600"]);
-    sources.push_str(&format!("[[source]]\nname = \"refusing\"\nurl = \"https://{}\"\n", refusing.ready_field("chunks")));
+    sources
+        .push_str(&format!("[[source]]\nname = \"refusing\"\nurl = \"https://{}\"\n", refusing.ready_field("chunks")));
     let store_dir = dir.path().join("store");
     let config = dir.path().join("store.toml");
     std::fs::write(
@@ -510,7 +517,8 @@ fn store_takes_newest_events_first_after_a_source_outage() {
     let sup = Supervisor::start(&data, &tls_args, &["sh", "-c", &script]);
     wait_until("the backlog completes", || {
         let want = expected_ids(&sup.data_dir).len() as f64;
-        let held = store.metric("sluice_store_rows_in_segments").unwrap_or(0.0) + store.metric("sluice_store_rows_buffered").unwrap_or(0.0);
+        let held = store.metric("sluice_store_rows_in_segments").unwrap_or(0.0)
+            + store.metric("sluice_store_rows_buffered").unwrap_or(0.0);
         held >= want
     });
     store.signal(libc::SIGTERM);
@@ -541,4 +549,23 @@ print(oldest, live, total[0], total[1], newest_backlog)
     assert!(live < oldest, "live events (received {live}) must come before the oldest backlog (received {oldest})");
     assert_eq!(rows, distinct, "no event twice");
     assert!(rows >= 60_400, "{rows}");
+}
+
+#[test]
+fn the_child_does_not_outlive_a_killed_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pid_file = dir.path().join("child.pid");
+    let script = format!("echo $$ > {}; exec sleep 3600", pid_file.display());
+    let mut sup = Supervisor::start(&data, &args(&[]), &["sh", "-c", &script]);
+    wait_until("the child wrote its pid", || std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n')));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    sup.signal(libc::SIGKILL);
+    sup.wait();
+    // Ended: gone, or a zombie waiting for whoever reaps orphans here.
+    let ended = || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    };
+    wait_until("the orphaned child to end", ended);
 }
