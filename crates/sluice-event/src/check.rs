@@ -2,8 +2,9 @@
 //! lines that are nearly all of the traffic) and a detailed analysis that also says what each
 //! member is (for wrapping bad lines).
 //!
-//! Both share [`Classifier`], so they cannot disagree; a unit test and a property test check that
-//! they do not. Writing the wrapped event is `wrap.rs`.
+//! The rules of SPEC §1 are written twice: plainly in [`Classifier`] (the detailed analysis) and
+//! folded into a few bits per member in [`Fast`]. Unit and property tests check that the two, and
+//! both scanners (`simple.rs`, `scan.rs`), agree. Writing the wrapped event is `wrap.rs`.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -31,6 +32,20 @@ pub(crate) enum Role {
     Bad,
 }
 
+/// The class a value of this kind is (as a bit of [`BadClasses`]), or 0 for a valid value.
+#[inline(always)]
+fn type_class_bits(kind: Kind) -> u32 {
+    match kind {
+        Kind::Str | Kind::Uint(_) => 0,
+        Kind::Float => BadClass::Float.bit(),
+        Kind::Negative => BadClass::Negative.bit(),
+        Kind::Overflow => BadClass::IntegerOverflow.bit(),
+        Kind::Bool => BadClass::Bool.bit(),
+        Kind::Null => BadClass::Null.bit(),
+        Kind::Nested => BadClass::Nested.bit(),
+    }
+}
+
 /// The per-object rules of SPEC §1, fed one member at a time.
 struct Classifier {
     allow_reserved: bool,
@@ -46,15 +61,8 @@ impl Classifier {
     }
 
     /// `name` is the unescaped key; `duplicate` says an earlier member had the same name.
-    #[inline]
     fn member(&mut self, name: &[u8], kind: Kind, duplicate: bool) -> Role {
-        self.member_named(name == TIME_NS, name.starts_with(RESERVED_PREFIX), kind, duplicate)
-    }
-
-    /// The same, with the two facts about the name that the rules need.
-    #[inline(always)]
-    fn member_named(&mut self, is_time_ns: bool, is_reserved: bool, kind: Kind, duplicate: bool) -> Role {
-        if is_time_ns {
+        if name == TIME_NS {
             if duplicate {
                 self.classes.insert(BadClass::DuplicateKey);
                 return Role::Bad;
@@ -72,29 +80,19 @@ impl Classifier {
             };
         }
         self.other_seen = true;
-        let mut role = Role::Kept;
-        let type_class = match kind {
-            Kind::Str | Kind::Uint(_) => None,
-            Kind::Float => Some(BadClass::Float),
-            Kind::Negative => Some(BadClass::Negative),
-            Kind::Overflow => Some(BadClass::IntegerOverflow),
-            Kind::Bool => Some(BadClass::Bool),
-            Kind::Null => Some(BadClass::Null),
-            Kind::Nested => Some(BadClass::Nested),
-        };
-        if let Some(c) = type_class {
-            self.classes.insert(c);
-            role = Role::Bad;
-        }
-        if is_reserved && !self.allow_reserved {
-            self.classes.insert(BadClass::ReservedKey);
-            role = Role::Bad;
+        let mut bits = type_class_bits(kind);
+        if name.starts_with(RESERVED_PREFIX) && !self.allow_reserved {
+            bits |= BadClass::ReservedKey.bit();
         }
         if duplicate {
-            self.classes.insert(BadClass::DuplicateKey);
-            role = Role::Bad;
+            bits |= BadClass::DuplicateKey.bit();
         }
-        role
+        self.classes.insert_bits(bits);
+        if bits == 0 {
+            Role::Kept
+        } else {
+            Role::Bad
+        }
     }
 
     fn finish(mut self) -> (BadClasses, Option<u64>) {
@@ -127,12 +125,20 @@ fn head_word(line: &[u8], start: usize, len: usize) -> u64 {
     }
 }
 
-/// The last 8 bytes of a key of at least 8 bytes, little-endian.
+/// The key's last (up to) 8 bytes, zero-extended, little-endian; `end` is where the key ends.
 #[inline(always)]
-fn tail_word(key: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&key[key.len() - 8..]);
-    u64::from_le_bytes(bytes)
+fn tail_word(line: &[u8], end: usize, len: usize) -> u64 {
+    // Load the 8 bytes that end with the key (nearly always possible: a key rarely ends in the
+    // first 8 bytes of a line) and shift out those before the key.
+    let word = match end.checked_sub(8).and_then(|from| line.get(from..end)) {
+        Some(eight) => {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(eight);
+            u64::from_le_bytes(bytes)
+        }
+        None => return head_word(line, end - len, len),
+    };
+    word.checked_shr(8 * (8 - len.min(8)) as u32).unwrap_or(0)
 }
 
 /// `time_ns` as a zero-padded head word.
@@ -141,51 +147,96 @@ const TIME_NS_WORD: u64 = u64::from_le_bytes(*b"time_ns\0");
 const RESERVED_WORD: u64 = u64::from_le_bytes(*b"sluice_\0");
 const LOW_7_BYTES: u64 = 0x00ff_ffff_ffff_ffff;
 
-/// The fast path's visitor. Duplicate keys are found with a 128-bit Bloom filter of key hashes:
-/// a key whose bit is clear is new (one test, no loop); only when the bit is set are the earlier
-/// keys compared byte for byte.
+/// The fast path's visitor: the rules of [`Classifier`] folded into a few bits per member, with
+/// the per-line conclusions drawn in [`Fast::finish`].
+///
+/// Duplicate keys are found by hash: a 64-bit Bloom filter answers "new" for most keys with one
+/// test; on a hit the earlier hashes are compared, and an equal hash (a duplicate, or a 2^-64
+/// accident) stops the fast path so the detailed analysis decides exactly.
 struct Fast {
-    classifier: Classifier,
-    bloom: u128,
-    spans: [(u32, u32); KEYS_FAST_MAX],
+    allow_reserved: bool,
+    /// Classes of wrong-typed values under keys other than `time_ns`.
+    type_bits: u32,
+    reserved_seen: bool,
+    time_seen: bool,
+    time_valid: bool,
+    other_seen: bool,
+    bloom: u64,
+    hashes: [u64; KEYS_FAST_MAX],
     keys: usize,
 }
 
 impl Fast {
     fn new(allow_reserved: bool) -> Self {
-        Fast { classifier: Classifier::new(allow_reserved), bloom: 0, spans: [(0, 0); KEYS_FAST_MAX], keys: 0 }
+        Fast {
+            allow_reserved,
+            type_bits: 0,
+            reserved_seen: false,
+            time_seen: false,
+            time_valid: false,
+            other_seen: false,
+            bloom: 0,
+            hashes: [0; KEYS_FAST_MAX],
+            keys: 0,
+        }
     }
 
     #[cold]
-    fn seen_before(&self, line: &[u8], name: &[u8]) -> bool {
-        self.spans[..self.keys].iter().any(|&(s, e)| &line[s as usize..e as usize] == name)
+    #[inline(never)]
+    fn hash_seen(&self, hash: u64) -> bool {
+        self.hashes[..self.keys].contains(&hash)
+    }
+
+    /// The classes of the object, once every member was seen without a duplicate.
+    fn finish(&self) -> BadClasses {
+        let mut classes = BadClasses::NONE;
+        classes.insert_bits(self.type_bits);
+        if self.reserved_seen && !self.allow_reserved {
+            classes.insert(BadClass::ReservedKey);
+        }
+        if !self.time_seen {
+            classes.insert(BadClass::MissingTimeNs);
+        } else {
+            if !self.time_valid {
+                classes.insert(BadClass::InvalidTimeNs);
+            }
+            if !self.other_seen {
+                classes.insert(BadClass::OnlyTimeNs);
+            }
+        }
+        classes
     }
 }
 
 impl Visitor for Fast {
     #[inline(always)]
     fn member(&mut self, line: &[u8], m: Member) -> bool {
-        // An escaped key's bytes are not its name, and past the array the search stops being
-        // cheap: both are rare, and the detailed analysis handles them.
-        if m.key_escaped || self.keys == KEYS_FAST_MAX {
+        // An escaped key's bytes are not its name, and past the array the hashes cannot be
+        // kept: both are rare, and the detailed analysis handles them.
+        if m.key_escaped || self.keys >= KEYS_FAST_MAX {
             return false;
         }
         let (start, end) = (m.key.start + 1, m.key.end - 1);
-        let (Ok(start32), Ok(end32)) = (u32::try_from(start), u32::try_from(end)) else {
+        let len = end - start;
+        let head = head_word(line, start, len);
+        let tail = tail_word(line, end, len);
+        let hash = (head ^ tail.rotate_left(29) ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let bit = 1u64 << (hash >> 58);
+        if self.bloom & bit != 0 && self.hash_seen(hash) {
             return false;
-        };
-        let name = &line[start..end];
-        let head = head_word(line, start, name.len());
-        let mixed = if name.len() > 8 { head ^ tail_word(name).rotate_left(29) } else { head };
-        let hash = (mixed ^ name.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let bit = 1u128 << (hash >> 57);
-        let duplicate = self.bloom & bit != 0 && self.seen_before(line, name);
+        }
         self.bloom |= bit;
-        self.spans[self.keys] = (start32, end32);
+        self.hashes[self.keys] = hash;
         self.keys += 1;
-        let is_time_ns = name.len() == 7 && head == TIME_NS_WORD;
-        let is_reserved = name.len() >= 7 && head & LOW_7_BYTES == RESERVED_WORD;
-        self.classifier.member_named(is_time_ns, is_reserved, m.kind, duplicate);
+        if len == 7 && head == TIME_NS_WORD {
+            // No duplicate got this far, so this is the only `time_ns`.
+            self.time_seen = true;
+            self.time_valid = matches!(m.kind, Kind::Uint(t) if t <= TIME_NS_MAX);
+        } else {
+            self.other_seen = true;
+            self.type_bits |= type_class_bits(m.kind);
+            self.reserved_seen |= len >= 7 && head & LOW_7_BYTES == RESERVED_WORD;
+        }
         true
     }
 }
@@ -195,8 +246,8 @@ impl Visitor for Fast {
 pub(crate) fn classes(line: &[u8], allow_reserved: bool) -> BadClasses {
     let mut fast = Fast::new(allow_reserved);
     match simple::walk(line, &mut fast) {
-        Ok(false) => fast.classifier.finish().0,
-        Ok(true) if std::str::from_utf8(line).is_ok() => fast.classifier.finish().0,
+        Ok(false) => fast.finish(),
+        Ok(true) if std::str::from_utf8(line).is_ok() => fast.finish(),
         Ok(true) => BadClass::InvalidUtf8.into(),
         Err(Defer) => classes_general(line, allow_reserved),
     }
@@ -215,7 +266,7 @@ pub(crate) fn classes_general(line: &[u8], allow_reserved: bool) -> BadClasses {
     match scan::scan_line(line, &mut fast) {
         Err(NotJson) => BadClass::NotJson.into(),
         Ok(Shape::NotObject) => BadClass::NotObject.into(),
-        Ok(Shape::Object) => fast.classifier.finish().0,
+        Ok(Shape::Object) => fast.finish(),
         Ok(Shape::Stopped) => analyze(line, allow_reserved).classes,
     }
 }
@@ -243,9 +294,13 @@ pub(crate) struct Analysis<'a> {
 
 struct Detailed<'a> {
     classifier: Classifier,
-    seen: HashSet<Cow<'a, [u8]>>,
+    /// Names seen, built only once there are too many members to compare one by one.
+    seen: Option<HashSet<Cow<'a, [u8]>>>,
     members: Vec<Analyzed<'a>>,
 }
+
+/// Members up to which duplicates are found by comparing with each earlier name; past it, a set.
+const MEMBERS_LINEAR_MAX: usize = 32;
 
 impl<'a> Detailed<'a> {
     fn add(&mut self, line: &'a [u8], m: Member) {
@@ -257,7 +312,16 @@ impl<'a> Detailed<'a> {
         } else {
             Cow::Borrowed(inner)
         };
-        let duplicate = !self.seen.insert(name.clone());
+        let duplicate = match &mut self.seen {
+            Some(seen) => !seen.insert(name.clone()),
+            None if self.members.len() < MEMBERS_LINEAR_MAX => self.members.iter().any(|m| m.name == name),
+            None => {
+                let mut seen: HashSet<Cow<'a, [u8]>> = self.members.iter().map(|m| m.name.clone()).collect();
+                let duplicate = !seen.insert(name.clone());
+                self.seen = Some(seen);
+                duplicate
+            }
+        };
         let role = self.classifier.member(&name, m.kind, duplicate);
         self.members.push(Analyzed { key_text: m.key, name, value: m.value, role });
     }
@@ -285,8 +349,7 @@ pub(crate) fn analyze(line: &[u8], allow_reserved: bool) -> Analysis<'_> {
     if std::str::from_utf8(line).is_err() {
         return terminal(BadClass::InvalidUtf8);
     }
-    let mut detailed =
-        Detailed { classifier: Classifier::new(allow_reserved), seen: HashSet::new(), members: Vec::new() };
+    let mut detailed = Detailed { classifier: Classifier::new(allow_reserved), seen: None, members: Vec::new() };
     let shape = scan::scan_line(line, &mut DetailedVisitor { line, detailed: &mut detailed });
     match shape {
         Err(NotJson) => terminal(BadClass::NotJson),
@@ -345,6 +408,11 @@ mod tests {
         let line = br#"{"time_ns":1,"abxcd":"1","abycd":"2","":"3","abxcd":"4"}"#;
         assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
         let line = br#"{"time_ns":1,"duration_ms":1,"duration_us":2,"x_duration_ms":3,"time_nsx":4}"#;
+        assert!(classes(line, false).is_empty());
+        // Keys near the start of the line, where the tail word cannot be loaded whole.
+        let line = br#"{"a":"1","ab":"2","time_ns":3,"b":"4","a":"5"}"#;
+        assert_eq!(classes(line, false), BadClass::DuplicateKey.into());
+        let line = br#"{"ab":"1","a":"2","time_ns":3,"b":"4"}"#;
         assert!(classes(line, false).is_empty());
         let line = br#"{"time_ns":1,"":"1","":"2"}"#;
         assert_eq!(classes(line, false), BadClass::DuplicateKey.into());

@@ -96,7 +96,7 @@ impl BadClass {
         BadClass::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    fn bit(self) -> u32 {
+    pub(crate) fn bit(self) -> u32 {
         1 << (self as u32)
     }
 }
@@ -138,6 +138,11 @@ impl BadClasses {
     /// Adds `c` to the set.
     pub fn insert(&mut self, c: BadClass) {
         self.0 |= c.bit();
+    }
+
+    /// Adds the classes whose [`BadClass::bit`]s are set in `bits`.
+    pub(crate) fn insert_bits(&mut self, bits: u32) {
+        self.0 |= bits;
     }
 
     /// The set with `c` added.

@@ -105,7 +105,7 @@ const HI: u64 = 0x8080_8080_8080_8080;
 /// High bit set in each byte of `w` that is `"`, `\` or below 0x20. The lowest set bit is always
 /// exact (the usual SWAR false positives only appear above a true hit), which is all the caller uses.
 #[inline(always)]
-fn string_special_mask(w: u64) -> u64 {
+pub(crate) fn string_special_mask(w: u64) -> u64 {
     let q = w ^ (LO * b'"' as u64);
     let s = w ^ (LO * b'\\' as u64);
     let has_q = q.wrapping_sub(LO) & !q;

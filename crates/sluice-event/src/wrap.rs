@@ -10,7 +10,7 @@ use base64::Engine as _;
 
 use crate::check::{self, Analysis, Role};
 use crate::class::{BadClass, BadClasses};
-use crate::scan::TIME_NS_MAX;
+use crate::scan::{self, TIME_NS_MAX};
 use crate::Limits;
 
 /// Character written in `sluice_raw` for each invalid UTF-8 sequence (U+FFFD, as raw UTF-8).
@@ -40,25 +40,39 @@ static ESCAPE: [u8; 256] = {
 /// Appends `s` (valid UTF-8) JSON-escaped, without quotes.
 pub(crate) fn escape_str_into(out: &mut Vec<u8>, s: &[u8]) {
     let mut run_start = 0;
-    for (i, &c) in s.iter().enumerate() {
+    let mut i = 0;
+    while i < s.len() {
+        // Skip eight bytes at a time while none needs escaping (the same test as the scanner's
+        // string loop: the lowest flagged byte is exact).
+        if let Some(eight) = s.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(eight);
+            let mask = scan::string_special_mask(u64::from_le_bytes(word));
+            if mask == 0 {
+                i += 8;
+                continue;
+            }
+            i += (mask.trailing_zeros() / 8) as usize;
+        }
+        let c = s[i];
         let e = ESCAPE[c as usize];
-        if e == 0 {
-            continue;
+        if e != 0 {
+            out.extend_from_slice(&s[run_start..i]);
+            if e == b'u' {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX_DIGITS[(c >> 4) as usize],
+                    HEX_DIGITS[(c & 15) as usize],
+                ]);
+            } else {
+                out.extend_from_slice(&[b'\\', e]);
+            }
+            run_start = i + 1;
         }
-        out.extend_from_slice(&s[run_start..i]);
-        if e == b'u' {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX_DIGITS[(c >> 4) as usize],
-                HEX_DIGITS[(c & 15) as usize],
-            ]);
-        } else {
-            out.extend_from_slice(&[b'\\', e]);
-        }
-        run_start = i + 1;
+        i += 1;
     }
     out.extend_from_slice(&s[run_start..]);
 }
@@ -294,13 +308,19 @@ pub(crate) fn process_line(line: &[u8], now_ns: u64, limits: &Limits, out: &mut 
         out.push(b'\n');
         return classes;
     }
-    cold_wrap(line, now_ns, limits, out)
+    cold_wrap(line, classes, now_ns, limits, out)
 }
 
 #[cold]
 #[inline(never)]
-fn cold_wrap(line: &[u8], now_ns: u64, limits: &Limits, out: &mut Vec<u8>) -> BadClasses {
-    let analysis = check::analyze(line, false);
+fn cold_wrap(line: &[u8], classes: BadClasses, now_ns: u64, limits: &Limits, out: &mut Vec<u8>) -> BadClasses {
+    // A line that is not an object has nothing to keep: skip the second, detailed pass.
+    let terminal = [BadClass::Empty, BadClass::InvalidUtf8, BadClass::NotJson, BadClass::NotObject];
+    let analysis = if terminal.into_iter().any(|c| classes.contains(c)) {
+        Analysis { classes, time_ns: None, members: Vec::new() }
+    } else {
+        check::analyze(line, false)
+    };
     write_wrapped(line, &analysis, now_ns, limits, out);
     analysis.classes
 }
@@ -364,6 +384,22 @@ mod tests {
         // Invalid bytes are kept (shown as U+FFFD) instead of being mistaken for a cut character.
         assert_eq!(kept_len(b"ab\xe0\x80cd", 4, false), 4);
         assert_eq!(kept_len(b"ab\xff", 3, true), 3);
+    }
+
+    #[test]
+    fn escaping_long_runs() {
+        for len in 0..40 {
+            for special in [b'"', b'\\', b'\n', 0x01] {
+                let mut s = vec![b'a'; len];
+                s.push(special);
+                s.extend_from_slice(b"bcdefghijk\x1f");
+                let mut out = Vec::new();
+                escape_str_into(&mut out, &s);
+                let text = String::from_utf8(out).expect("utf-8");
+                let back: String = serde_json::from_str(&format!("\"{text}\"")).expect("a JSON string");
+                assert_eq!(back.as_bytes(), &s[..], "{text}");
+            }
+        }
     }
 
     #[test]

@@ -317,3 +317,10 @@ fn deep_nesting_is_a_bad_line_not_a_crash() {
     let event = parsed(&out);
     assert_eq!(event["a"], json!("b"));
 }
+
+#[test]
+fn exponents_past_f64_range_are_still_json_floats() {
+    // serde_json would reject these; the JSON grammar does not.
+    let (classes, _) = process(br#"{"time_ns":1,"a":6E73274303,"b":"c"}"#, &Limits::default());
+    assert_eq!(classes, set(&[Float]));
+}

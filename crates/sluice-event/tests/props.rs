@@ -95,24 +95,32 @@ fn valid_line() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
-/// Reference classification: serde_json for the grammar, its RawValue for value kinds.
-fn reference(line: &[u8], allow_reserved: bool) -> BadClasses {
+/// Reference classification: serde_json for the grammar, its RawValue for value kinds. `None`
+/// where serde_json cannot judge: it rejects numbers past f64's range (`1e400`), which the JSON
+/// grammar allows.
+fn reference(line: &[u8], allow_reserved: bool) -> Option<BadClasses> {
+    match reference_classes(line, allow_reserved) {
+        Err(e) if e.to_string().contains("number out of range") => None,
+        Err(_) => Some(BadClass::NotJson.into()),
+        Ok(classes) => Some(classes),
+    }
+}
+
+fn reference_classes(line: &[u8], allow_reserved: bool) -> Result<BadClasses, serde_json::Error> {
     use BadClass::*;
     if line.is_empty() {
-        return Empty.into();
+        return Ok(Empty.into());
     }
     let Ok(text) = std::str::from_utf8(line) else {
-        return InvalidUtf8.into();
+        return Ok(InvalidUtf8.into());
     };
     // serde_json takes '\n' as whitespace; a line cannot contain one.
     if text.contains('\n') {
-        return NotJson.into();
+        return Ok(NotJson.into());
     }
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return NotJson.into();
-    };
+    let value = serde_json::from_str::<serde_json::Value>(text)?;
     if !value.is_object() {
-        return NotObject.into();
+        return Ok(NotObject.into());
     }
     let members = collect_members(text);
     let mut classes = BadClasses::NONE;
@@ -149,7 +157,7 @@ fn reference(line: &[u8], allow_reserved: bool) -> BadClasses {
     } else if !other_seen {
         classes.insert(OnlyTimeNs);
     }
-    classes
+    Ok(classes)
 }
 
 /// Ok(Some(integer)) for a valid integer, Ok(None) for a string, Err(class) otherwise.
@@ -186,7 +194,7 @@ fn collect_members(text: &str) -> Vec<(String, Box<RawValue>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_give_one_valid_line(line in prop::collection::vec(any::<u8>(), 0..3000), limits in limits_strategy(), now in any::<u64>()) {
@@ -206,19 +214,22 @@ proptest! {
         let mut out = Vec::new();
         let classes = process_line(&line, 5, &limits, &mut out);
         assert_one_valid_line(&out, &limits)?;
-        if line.len() <= limits.line_bytes_max_effective() {
-            prop_assert_eq!(classes, reference(&line, false), "{}", String::from_utf8_lossy(&line));
-        }
         if classes.is_empty() {
             prop_assert_eq!(&out[..out.len() - 1], &line[..]);
         }
-        prop_assert_eq!(check_line(&line, false), reference(&line, false));
-        prop_assert_eq!(check_line(&line, true), reference(&line, true));
+        let Some(expected) = reference(&line, false) else {
+            return Ok(());
+        };
+        if line.len() <= limits.line_bytes_max_effective() {
+            prop_assert_eq!(classes, expected, "{}", String::from_utf8_lossy(&line));
+        }
+        prop_assert_eq!(check_line(&line, false), expected);
+        prop_assert_eq!(Some(check_line(&line, true)), reference(&line, true));
     }
 
     #[test]
     fn valid_lines_pass_byte_for_byte(line in valid_line()) {
-        prop_assert_eq!(reference(&line, false), BadClasses::NONE, "{}", String::from_utf8_lossy(&line));
+        prop_assert_eq!(reference(&line, false), Some(BadClasses::NONE), "{}", String::from_utf8_lossy(&line));
         let mut out = b"x\n".to_vec();
         let classes = process_line(&line, 5, &Limits::default(), &mut out);
         prop_assert_eq!(classes, BadClasses::NONE);
