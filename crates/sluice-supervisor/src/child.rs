@@ -143,7 +143,21 @@ pub fn spawn(spec: &ChildSpec) -> std::io::Result<(Child, ChildStdout, ChildStde
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
+    widen_pipe(&stdout);
     Ok((child, stdout, stderr))
+}
+
+/// Bytes of the stdout pipe: a busy child fills it while capture works on the previous read,
+/// and the supervisor wakes less often. Linux caps it at /proc/sys/fs/pipe-max-size (1 MiB by
+/// default); a refusal leaves the default 64 KiB, which only costs speed.
+pub const PIPE_BYTES: i32 = 1024 * 1024;
+
+fn widen_pipe(pipe: &ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; no memory is passed.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
 }
 
 /// Send `signal` to the child's whole process group (a shell's children included).
