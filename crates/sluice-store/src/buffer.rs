@@ -14,7 +14,7 @@ use arrow_array::{new_null_array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{Parsed, Text, Value};
+use crate::parse::{Parsed, Value};
 
 /// Event time, ns since the epoch (the line's own `time_ns`; the receive time for unparsed lines).
 pub const COL_TIME_NS: &str = "time_ns";
@@ -40,11 +40,11 @@ pub const OVERFLOW_UNPARSED_CUT: &str = "sluice_unparsed_cut";
 /// Bytes of an unparsed line kept in the overflow column.
 pub const UNPARSED_BYTES_MAX: usize = 16 * 1024;
 /// Columns before the key columns, in this order.
-pub const FIXED_COLUMNS: [&str; 7] = [COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW];
+pub const FIXED_COLUMNS: [&str; 7] =
+    [COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW];
 /// Names that are never key columns: a line key of one of these names goes to the overflow column.
-const RESERVED_NAMES: [&str; 9] = [
-    COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW, COL_DATE, COL_HOUR,
-];
+const RESERVED_NAMES: [&str; 9] =
+    [COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW, COL_DATE, COL_HOUR];
 /// The active part of the buffer becomes an immutable RecordBatch at this many rows, so that a
 /// snapshot copies at most this many rows.
 pub const FREEZE_ROWS: usize = 16 * 1024;
@@ -101,7 +101,8 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(keys: &[(String, KeyType)], keys_max: usize) -> Registry {
-        let mut r = Registry { keys: Vec::new(), index: HashMap::default(), keys_max, schema: Arc::new(Schema::empty()) };
+        let mut r =
+            Registry { keys: Vec::new(), index: HashMap::default(), keys_max, schema: Arc::new(Schema::empty()) };
         for (name, t) in keys {
             if !r.index.contains_key(name.as_str()) {
                 let name: Arc<str> = Arc::from(name.as_str());
@@ -350,6 +351,12 @@ impl Buffer {
                         },
                         len: 0,
                     });
+                    if col.len > row {
+                        // A duplicate key: the first value keeps the column, later ones overflow.
+                        counts.overflow_values += 1;
+                        overflow_pair(&mut self.overflow, key_text, value, &self.parsed, text);
+                        continue;
+                    }
                     col.pad(row);
                     match (&mut col.data, value) {
                         (KeyData::Str(b), Value::Str(s)) => b.append_value(self.parsed.text(text, s)),
@@ -496,6 +503,8 @@ mod tests {
         buf.push_line(&mut reg, br#"{"time_ns":3,"b":"y"}"#, &meta(3));
         let c = buf.push_line(&mut reg, b"garbage \"line\"", &meta(4));
         assert_eq!(c.unparsed, 1);
+        let c = buf.push_line(&mut reg, br#"{"time_ns":5,"a":"first","a":"second","\u0061":"third"}"#, &meta(5));
+        assert_eq!(c.overflow_values, 2);
         let batches = buf.snapshot(&reg);
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
@@ -509,7 +518,9 @@ mod tests {
         assert!(o.is_null(0));
         assert_eq!(o.value(1), r#"{"a":7,"n":"five","sluice_seq":"forged"}"#);
         assert_eq!(o.value(3), r#"{"sluice_unparsed":"garbage \"line\""}"#);
-        assert_eq!(col::<UInt64Array>(b, COL_TIME_NS).values(), &[1, 2, 3, 77]);
+        assert_eq!(col::<UInt64Array>(b, COL_TIME_NS).values(), &[1, 2, 3, 77, 5]);
+        assert_eq!(a.value(4), "first");
+        assert_eq!(o.value(4), r#"{"a":"second","a":"third"}"#);
         assert_eq!(col::<StringArray>(b, "b").value(2), "y");
     }
 
@@ -531,7 +542,11 @@ mod tests {
         let mut buf = Buffer::default();
         let n = FREEZE_ROWS + 10;
         for i in 0..n {
-            let line = if i % 3 == 0 { format!(r#"{{"time_ns":{i},"k{}":"v"}}"#, i % 5) } else { format!(r#"{{"time_ns":{i},"x":{i}}}"#) };
+            let line = if i % 3 == 0 {
+                format!(r#"{{"time_ns":{i},"k{}":"v"}}"#, i % 5)
+            } else {
+                format!(r#"{{"time_ns":{i},"x":{i}}}"#)
+            };
             buf.push_line(&mut reg, line.as_bytes(), &meta(i as u64));
         }
         let snap = buf.snapshot(&reg);

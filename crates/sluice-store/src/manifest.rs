@@ -126,7 +126,10 @@ impl Manifest {
         let m: Manifest = serde_json::from_slice(&text)
             .map_err(|e| ManifestError::Invalid { path: path.clone(), reason: e.to_string() })?;
         if m.version != MANIFEST_VERSION {
-            return Err(ManifestError::Invalid { path, reason: format!("version {} is not {MANIFEST_VERSION}", m.version) });
+            return Err(ManifestError::Invalid {
+                path,
+                reason: format!("version {} is not {MANIFEST_VERSION}", m.version),
+            });
         }
         Ok((m, text.len() as u64))
     }

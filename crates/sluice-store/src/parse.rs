@@ -4,7 +4,8 @@
 //! This is not the validator of SPEC §1 (that is `sluice_event`, run by the supervisor): the store
 //! trusts lines to be valid events and only needs their keys and values. It still never panics and
 //! never guesses: anything that is not a flat JSON object of string and unsigned-integer values with
-//! an integer `time_ns` and no duplicate key is refused as a whole, and the caller keeps the raw text.
+//! one integer `time_ns` is refused as a whole, and the caller keeps the raw text. Other duplicate
+//! keys are returned as they are (the buffer sends the later values to the overflow column).
 
 use std::ops::Range;
 
@@ -88,17 +89,7 @@ impl Parsed {
                     (None, Value::Str(_)) => return Err(Refused::ValueType),
                 }
             } else {
-                // Quadratic, but bounded by the line length, and lines have few keys.
-                let duplicate = self.fields.iter().any(|(k, _)| {
-                    let other = match k {
-                        Text::Line(r) => &text[r.clone()],
-                        Text::Scratch(r) => &self.scratch[r.clone()],
-                    };
-                    other == key_text
-                });
-                if duplicate {
-                    return Err(Refused::Duplicate);
-                }
+                // Duplicate keys are found by the buffer in O(1) (a column already set in this row).
                 self.fields.push((key, value));
             }
             p.ws();
@@ -153,10 +144,7 @@ impl Cursor<'_> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(d @ b'0'..=b'9') = self.peek() {
-            v = v
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(d - b'0')))
-                .ok_or(Refused::ValueType)?;
+            v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(d - b'0'))).ok_or(Refused::ValueType)?;
             self.i += 1;
         }
         if self.i - start > 1 && self.s[start] == b'0' {
@@ -174,10 +162,7 @@ impl Cursor<'_> {
         self.expect(b'"')?;
         let start = self.i;
         let rest = &self.s[start..];
-        let stop = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .ok_or(Refused::Syntax)?;
+        let stop = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).ok_or(Refused::Syntax)?;
         match rest[stop] {
             b'"' => {
                 self.i = start + stop + 1;
@@ -308,8 +293,6 @@ mod tests {
             (br#"{"time_ns":1,"a":{"b":1}}"#, Refused::ValueType),
             (br#"{"time_ns":1,"a":18446744073709551616}"#, Refused::ValueType),
             (br#"{"time_ns":1,"a":01}"#, Refused::Syntax),
-            (br#"{"time_ns":1,"a":1,"a":2}"#, Refused::Duplicate),
-            (br#"{"time_ns":1,"\u0061":1,"a":2}"#, Refused::Duplicate),
             (br#"{"time_ns":1,"time_ns":2}"#, Refused::Duplicate),
             (br#"{"time_ns":1,"a":"\ud800"}"#, Refused::Syntax),
             (br#"{"time_ns":1,"a":"x"} trailing"#, Refused::Syntax),

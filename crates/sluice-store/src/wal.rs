@@ -251,7 +251,7 @@ pub fn replay(dir: &Path) -> Result<Replay, WalError> {
         let path = file_path(dir, index);
         let data = Bytes::from(fs::read(&path).map_err(io(&path))?);
         let mut records = Vec::new();
-        let mut at = 0usize;
+        let mut at;
         let good_end = if data.len() < WAL_MAGIC.len() || &data[..WAL_MAGIC.len()] != WAL_MAGIC {
             0
         } else {
@@ -447,7 +447,7 @@ mod tests {
             first_offset: 100,
             first_seq: seq,
             progress_offset: 100 + lines.len() as u64,
-            complete: seq % 2 == 0,
+            complete: seq.is_multiple_of(2),
             source: "web-1".into(),
             chunk: "CDF".into(),
             lines: Bytes::from_static(lines),

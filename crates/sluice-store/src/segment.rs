@@ -1,0 +1,284 @@
+//! Segments: sorting buffered or compacted rows by event time, cutting them into hourly
+//! partitions, and writing and reading the Parquet files through `object_store`.
+//!
+//! It does not decide which rows to write or when (flush and compaction do), and never touches
+//! the manifest.
+//!
+//! # Layout
+//!
+//! `segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.parquet`: Hive-style, UTC,
+//! by the hour of `time_ns`; `N` is the manifest's segment counter. Each file is plain Parquet
+//! (zstd, dictionary-encoded strings, page statistics, rows sorted by `time_ns`, declared in the
+//! file's sorting columns) with the columns of [`crate::FIXED_COLUMNS`] and then the key columns
+//! that have a value in the segment, in registry order. `time_ns`, `sluice_seq` and
+//! `sluice_received_ns` are delta-encoded; `sluice_id` is plain (it is random).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{RecordBatch, UInt64Array};
+use arrow_schema::{Schema, SchemaRef};
+use bytes::Bytes;
+use object_store::{path::Path as ObjectPath, ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::buffer::{align, COL_ID, COL_RECEIVED_NS, COL_SEQ, COL_TIME_NS, FIXED_COLUMNS};
+use crate::manifest::SegmentMeta;
+use crate::runtime::block_on;
+
+/// Directory of the segments under the data directory.
+pub const SEGMENTS_DIR: &str = "segments";
+/// Rows per Parquet row group: small enough for row-group pruning by time, large enough for
+/// good compression.
+pub const ROW_GROUP_ROWS_MAX: usize = 128 * 1024;
+/// Rows gathered into one Arrow batch at a time while writing, bounding the extra memory.
+const WRITE_SLICE_ROWS: usize = 64 * 1024;
+const NS_PER_HOUR: u64 = 3_600_000_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment {path}: {reason}")]
+    Parquet { path: String, reason: String },
+    #[error("segment {path}: {source}; check the data directory (or object store) is writable")]
+    Store { path: String, source: object_store::Error },
+    #[error("segment {path}: {source}; check the data directory is writable")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// The hour partition of an event time.
+pub fn partition_hour(time_ns: u64) -> u64 {
+    time_ns / NS_PER_HOUR
+}
+
+/// `sluice_date=YYYY-MM-DD/sluice_hour=HH` of an hour partition (UTC, proleptic Gregorian).
+pub fn partition_dir(hour: u64) -> String {
+    let days = (hour / 24) as i64;
+    let (y, m, d) = civil_from_days(days);
+    format!("sluice_date={y:04}-{m:02}-{d:02}/sluice_hour={:02}", hour % 24)
+}
+
+/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Relative path of a new segment.
+pub fn segment_path(hour: u64, counter: u64) -> String {
+    format!("{SEGMENTS_DIR}/{}/seg-{counter:012}.parquet", partition_dir(hour))
+}
+
+fn properties(schema: &Schema, zstd_level: i32) -> WriterProperties {
+    let level = ZstdLevel::try_new(zstd_level).unwrap_or_default();
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
+        .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]));
+    for name in [COL_TIME_NS, COL_SEQ, COL_RECEIVED_NS] {
+        let path = ColumnPath::from(name);
+        b = b
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+    }
+    b = b.set_column_dictionary_enabled(ColumnPath::from(COL_ID), false);
+    // A schema without key columns still gets the settings above; nothing depends on `schema`
+    // beyond its column names today, but callers pass it so per-key settings can follow.
+    let _ = schema;
+    b.build()
+}
+
+/// Rows to write: `batches` all have `schema`. Sorted by (time_ns, position) and cut by hour.
+/// Returns, per partition hour in ascending order, the (batch, row) indices of its rows in order.
+fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)> {
+    let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    for (bi, b) in batches.iter().enumerate() {
+        let t = b.column(0).as_primitive::<UInt64Type>();
+        for (ri, v) in t.values().iter().enumerate() {
+            order.push((*v, bi as u32, ri as u32));
+        }
+    }
+    order.sort_unstable();
+    let mut out: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
+    for (t, bi, ri) in order {
+        let hour = partition_hour(t);
+        match out.last_mut() {
+            Some((h, rows)) if *h == hour => rows.push((bi as usize, ri as usize)),
+            _ => out.push((hour, vec![(bi as usize, ri as usize)])),
+        }
+    }
+    out
+}
+
+/// Write `batches` (any schemas whose columns are in `full`) as one segment per hour partition.
+/// `next_counter` names the files and is advanced. Each file is put through `store`, then (for
+/// the local file system under `local_root`) fsynced, so that the manifest that lists it can
+/// never outlive it.
+pub fn write_segments(
+    store: &dyn ObjectStore,
+    local_root: Option<&Path>,
+    batches: &[RecordBatch],
+    full: &SchemaRef,
+    next_counter: &mut u64,
+    zstd_level: i32,
+) -> Result<Vec<SegmentMeta>, SegmentError> {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    // Which columns of `full` each batch has with at least one value.
+    let has_values: Vec<Vec<bool>> = batches
+        .iter()
+        .map(|b| {
+            full.fields().iter().map(|f| b.column_by_name(f.name()).is_some_and(|c| c.null_count() < c.len())).collect()
+        })
+        .collect();
+    let mut metas = Vec::new();
+    for (hour, rows) in sorted_partitions(&batches) {
+        // Keep the key columns that have a value in a batch contributing rows to this partition.
+        let mut contributing = vec![false; batches.len()];
+        for (bi, _) in &rows {
+            contributing[*bi] = true;
+        }
+        let keep: Vec<usize> = (0..full.fields().len())
+            .filter(|&c| c < FIXED_COLUMNS.len() || has_values.iter().zip(&contributing).any(|(h, on)| *on && h[c]))
+            .collect();
+        let schema = Arc::new(full.project(&keep).expect("projection indices come from the schema"));
+        // Only the columns a batch lacks are made (all null); the others are shared.
+        let projected: Vec<RecordBatch> = batches.iter().map(|b| align(b, &schema)).collect();
+        *next_counter += 1;
+        let path = segment_path(hour, *next_counter);
+        let meta = write_one(store, local_root, &path, hour, &projected, &rows, zstd_level)?;
+        metas.push(meta);
+    }
+    Ok(metas)
+}
+
+fn write_one(
+    store: &dyn ObjectStore,
+    local_root: Option<&Path>,
+    path: &str,
+    hour: u64,
+    batches: &[RecordBatch],
+    rows: &[(usize, usize)],
+    zstd_level: i32,
+) -> Result<SegmentMeta, SegmentError> {
+    let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
+    let schema = batches[0].schema();
+    let props = properties(&schema, zstd_level);
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| perr(&e))?;
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let col = |b: &RecordBatch, name: &str| -> UInt64Array {
+        b.column_by_name(name).expect("fixed column").as_primitive::<UInt64Type>().clone()
+    };
+    let seqs: Vec<UInt64Array> = batches.iter().map(|b| col(b, COL_SEQ)).collect();
+    let recv: Vec<UInt64Array> = batches.iter().map(|b| col(b, COL_RECEIVED_NS)).collect();
+    let times: Vec<UInt64Array> = batches.iter().map(|b| col(b, COL_TIME_NS)).collect();
+    let mut meta = SegmentMeta {
+        path: path.to_string(),
+        partition_hour: hour,
+        rows: rows.len() as u64,
+        bytes: 0,
+        time_ns_min: u64::MAX,
+        time_ns_max: 0,
+        seq_min: u64::MAX,
+        seq_max: 0,
+        received_ns_min: u64::MAX,
+        received_ns_max: 0,
+    };
+    for &(b, r) in rows {
+        let (t, s, v) = (times[b].value(r), seqs[b].value(r), recv[b].value(r));
+        meta.time_ns_min = meta.time_ns_min.min(t);
+        meta.time_ns_max = meta.time_ns_max.max(t);
+        meta.seq_min = meta.seq_min.min(s);
+        meta.seq_max = meta.seq_max.max(s);
+        meta.received_ns_min = meta.received_ns_min.min(v);
+        meta.received_ns_max = meta.received_ns_max.max(v);
+    }
+    for slice in rows.chunks(WRITE_SLICE_ROWS) {
+        let batch = arrow_select::interleave::interleave_record_batch(&refs, slice).map_err(|e| perr(&e))?;
+        writer.write(&batch).map_err(|e| perr(&e))?;
+    }
+    let data = Bytes::from(writer.into_inner().map_err(|e| perr(&e))?);
+    meta.bytes = data.len() as u64;
+    put(store, local_root, path, data)?;
+    Ok(meta)
+}
+
+/// Put a whole object; on the local file system also fsync it and its directory.
+pub fn put(store: &dyn ObjectStore, local_root: Option<&Path>, path: &str, data: Bytes) -> Result<(), SegmentError> {
+    block_on(store.put(&ObjectPath::from(path), PutPayload::from(data)))
+        .map_err(|source| SegmentError::Store { path: path.to_string(), source })?;
+    if let Some(root) = local_root {
+        let full = root.join(path);
+        let ioerr = |source| SegmentError::Io { path: path.to_string(), source };
+        std::fs::File::open(&full).and_then(|f| f.sync_all()).map_err(ioerr)?;
+        if let Some(parent) = full.parent() {
+            std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(ioerr)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every row of a segment.
+pub fn read_segment(store: &dyn ObjectStore, path: &str) -> Result<Vec<RecordBatch>, SegmentError> {
+    let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
+    let data = block_on(async { store.get(&ObjectPath::from(path)).await?.bytes().await })
+        .map_err(|source| SegmentError::Store { path: path.to_string(), source })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| perr(&e))?
+        .with_batch_size(WRITE_SLICE_ROWS)
+        .build()
+        .map_err(|e| perr(&e))?;
+    reader.map(|b| b.map_err(|e| perr(&e))).collect()
+}
+
+/// Delete a segment; one already gone is fine (a crash after a delete, before the next step).
+pub fn delete(store: &dyn ObjectStore, path: &str) -> Result<(), SegmentError> {
+    match block_on(store.delete(&ObjectPath::from(path))) {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(SegmentError::Store { path: path.to_string(), source }),
+    }
+}
+
+/// The full schema with only the key columns that occur in `present`, for a compaction output.
+pub fn union_schema(full: &SchemaRef, present: &[SchemaRef]) -> SchemaRef {
+    let fields: Vec<_> = full
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i < FIXED_COLUMNS.len() || present.iter().any(|s| s.field_with_name(f.name()).is_ok()))
+        .map(|(_, f)| f.clone())
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_partition_paths() {
+        // 2026-11-23T05:00:00Z
+        let t = 1_795_410_000_000_000_000u64;
+        assert_eq!(partition_dir(partition_hour(t)), "sluice_date=2026-11-23/sluice_hour=05");
+        assert_eq!(partition_dir(0), "sluice_date=1970-01-01/sluice_hour=00");
+        assert_eq!(partition_dir(partition_hour(951_782_400_000_000_000)), "sluice_date=2000-02-29/sluice_hour=00");
+        assert_eq!(segment_path(1, 7), "segments/sluice_date=1970-01-01/sluice_hour=01/seg-000000000007.parquet");
+        // The largest time_ns still names a valid date.
+        assert_eq!(partition_dir(partition_hour(u64::MAX)), "sluice_date=2554-07-21/sluice_hour=23");
+    }
+}
