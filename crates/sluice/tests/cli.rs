@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `sluice` binary, real processes, real files.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod support;
 
 use support::*;
@@ -299,7 +301,7 @@ fn mtls_end_to_end_with_curl_sighup_reload_and_metrics() {
         }
     });
     let mut received = Vec::new();
-    let mut take = |received: &mut Vec<String>| received.extend(rx.try_iter());
+    let take = |received: &mut Vec<String>| received.extend(rx.try_iter());
     wait_until("alice's stream starts", || {
         take(&mut received);
         received.len() > 5
