@@ -263,19 +263,10 @@ fn mtls_end_to_end_with_curl_sighup_reload_and_metrics() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let data = dir.path().join("data");
     let exe = env!("CARGO_BIN_EXE_sluice");
-    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
-    let tls_args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--allow-clients",
-        allow.to_str().unwrap(),
-    ];
+    let allow = certs.join("allowed-clients.txt");
+    let mut flags = tls_flags(&certs, &allow);
+    flags[3] = "127.0.0.1:0".into(); // --metrics-listen: this test scrapes it
+    let tls_args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut sup = Supervisor::start(&data, &tls_args, &[exe, "gen", "--rate", "200"]);
     let base = format!("https://localhost:{}", sup.ready_field("chunks").rsplit(':').next().unwrap());
     let metrics_url = format!("http://{}/metrics", sup.ready_field("metrics"));
@@ -362,19 +353,8 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
     let out = sluice().args(["certs", "--client", "store", "--dir"]).arg(&certs).output().unwrap();
     assert!(out.status.success());
     let exe = env!("CARGO_BIN_EXE_sluice");
-    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
-    let tls_args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "none",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--allow-clients",
-        allow.to_str().unwrap(),
-    ];
+    let flags = tls_flags(&certs, &certs.join("allowed-clients.txt"));
+    let tls_args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut sups = Vec::new();
     let mut sources = String::new();
     for i in 0..3 {
@@ -398,19 +378,8 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
         .unwrap()
         .status
         .success());
-    let other_allow = other.join("allowed-clients.txt");
-    let refusing_args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "none",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--allow-clients",
-        other_allow.to_str().unwrap(),
-    ];
+    let refusing_flags = tls_flags(&certs, &other.join("allowed-clients.txt"));
+    let refusing_args: Vec<&str> = refusing_flags.iter().map(String::as_str).collect();
     let refusing = Supervisor::start(&dir.path().join("refusing"), &refusing_args, &["sleep", "3600"]);
     sources
         .push_str(&format!("[[source]]\nname = \"refusing\"\nurl = \"https://{}\"\n", refusing.ready_field("chunks")));
@@ -501,20 +470,9 @@ fn store_takes_newest_events_first_after_a_source_outage() {
         store.metric("sluice_source_errors_total{source=\"back\",kind=\"connect\"}").is_some_and(|n| n >= 1.0)
     });
     // The source comes back, with live events (wall-clock times) on top of its backlog.
-    let (cert, key, allow) = (certs.join("server.pem"), certs.join("server.key"), certs.join("allowed-clients.txt"));
-    let listen = format!("127.0.0.1:{port}");
-    let tls_args = [
-        "--listen",
-        listen.as_str(),
-        "--metrics-listen",
-        "none",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--allow-clients",
-        allow.to_str().unwrap(),
-    ];
+    let mut flags = tls_flags(&certs, &certs.join("allowed-clients.txt"));
+    flags[1] = format!("127.0.0.1:{port}"); // --listen: the port the store already knows
+    let tls_args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let script = format!("{exe} gen --rate 200 --count 400; exec sleep 3600");
     let sup = Supervisor::start(&data, &tls_args, &["sh", "-c", &script]);
     wait_until("the backlog completes", || {

@@ -27,6 +27,49 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Spawn `cmd` with stderr piped, forward its stderr lines to a channel, and wait for the first
+/// line containing `marker`. Returns the child, that line and the channel with later lines.
+fn spawn_until_ready(mut cmd: Command, marker: &str) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sluice");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = loop {
+        match rx.recv_timeout(DEADLINE) {
+            Ok(line) if line.contains(marker) => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("no {marker:?} line from {cmd:?}: {e}"),
+        }
+    };
+    (child, ready, rx)
+}
+
+/// Flags that make a supervisor serve chunks over mTLS on a free loopback port, with the files
+/// `sluice certs` wrote into `certs` and the allow list `allow`.
+pub fn tls_flags(certs: &Path, allow: &Path) -> Vec<String> {
+    let path = |p: PathBuf| p.to_str().expect("utf-8 path").to_string();
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "none".into(),
+        "--tls-cert".into(),
+        path(certs.join("server.pem")),
+        "--tls-key".into(),
+        path(certs.join("server.key")),
+        "--allow-clients".into(),
+        path(allow.to_path_buf()),
+    ]
+}
+
 /// A running `sluice supervise`.
 pub struct Supervisor {
     pub child: Child,
@@ -38,36 +81,10 @@ pub struct Supervisor {
 impl Supervisor {
     /// Start `sluice supervise --data-dir DIR ARGS... -- COMMAND...` and wait for its ready line.
     pub fn start(data_dir: &Path, args: &[&str], command: &[&str]) -> Supervisor {
-        let mut child = sluice()
-            .arg("supervise")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .arg("--")
-            .args(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice supervise");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = loop {
-            match rx.recv_timeout(DEADLINE) {
-                Ok(line) if line.contains("ready stream=") => break line,
-                Ok(_) => continue,
-                Err(e) => panic!("supervisor never became ready: {e}"),
-            }
-        };
-        Supervisor { child, data_dir: data_dir.to_path_buf(), ready, stderr_lines: rx }
+        let mut cmd = sluice();
+        cmd.arg("supervise").arg("--data-dir").arg(data_dir).args(args).arg("--").args(command);
+        let (child, ready, stderr_lines) = spawn_until_ready(cmd, "ready stream=");
+        Supervisor { child, data_dir: data_dir.to_path_buf(), ready, stderr_lines }
     }
 
     /// A `key=value` field of the ready line.
@@ -176,33 +193,9 @@ pub struct StoreProc {
 
 impl StoreProc {
     pub fn start(config: &Path) -> StoreProc {
-        let mut child = sluice()
-            .arg("store")
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice store");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[store] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let ready = loop {
-            match rx.recv_timeout(DEADLINE) {
-                Ok(line) if line.contains("sluice store: ready") => break line,
-                Ok(_) => continue,
-                Err(e) => panic!("store never became ready: {e}"),
-            }
-        };
+        let mut cmd = sluice();
+        cmd.arg("store").arg("--config").arg(config);
+        let (child, ready, rx) = spawn_until_ready(cmd, "sluice store: ready");
         let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("listen=")).expect("listen=").to_string();
         StoreProc { child, listen, _stderr: rx }
     }
