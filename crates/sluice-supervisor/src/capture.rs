@@ -1,7 +1,8 @@
 //! Reads a child's stdout or stderr and appends what it reads to the chunk log as events.
 //!
 //! Runs on a dedicated blocking thread per pipe: a read of up to [`READ_BYTES`] is split into lines,
-//! each line is checked (`sluice_event::process_line`) and the batch goes to the log in one append.
+//! each line is checked; runs of valid lines go to the log straight from the read buffer (no copy),
+//! bad lines are wrapped (`sluice_event::process_line`) into a small side buffer.
 //! Memory is bounded: a line longer than `line_bytes_max` is not buffered — its first bytes are kept
 //! for the wrapped event and the rest is counted and skipped. Not here: the child's lifecycle.
 
@@ -14,7 +15,7 @@ use sluice_event::Limits;
 use crate::metrics::Metrics;
 
 /// Bytes asked of the pipe per read.
-pub const READ_BYTES: usize = 128 * 1024;
+pub const READ_BYTES: usize = 1024 * 1024;
 
 /// Which pipe is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,13 +82,33 @@ impl<S: Storage> Splitter<'_, S> {
     }
 
     /// Handle one read: complete lines are processed, the unfinished tail is kept.
-    fn feed(&mut self, data: &[u8]) {
+    ///
+    /// Valid stdout lines that lie wholly inside `data` are not copied: consecutive ones form a
+    /// run that goes to the log straight from the read buffer. Order is kept by flushing the
+    /// wrapped output before a run starts and a run before anything else is written.
+    fn feed(&mut self, data: &[u8]) -> Result<(), LogError> {
         let max = self.limits.line_bytes_max;
         let keep = self.limits.raw_keep();
         let mut start = 0;
+        let mut run: Option<usize> = None;
         for nl in memchr::memchr_iter(b'\n', data) {
             let seg = &data[start..nl];
+            let line_start = start;
             start = nl + 1;
+            if self.pipe == Pipe::Stdout && self.oversize.is_none() && self.carry.is_empty() && seg.len() <= max {
+                if sluice_event::check_line(seg, false).is_empty() {
+                    self.metrics.stdout_events.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.stdout_bytes.fetch_add(seg.len() as u64 + 1, Ordering::Relaxed);
+                    if run.is_none() {
+                        self.flush()?;
+                        run = Some(line_start);
+                    }
+                    continue;
+                }
+            }
+            if let Some(r) = run.take() {
+                self.log.append(&data[r..line_start])?;
+            }
             if let Some(mut o) = self.oversize.take() {
                 o.total += seg.len() as u64;
                 self.too_long(&o.prefix, o.total);
@@ -112,9 +133,12 @@ impl<S: Storage> Splitter<'_, S> {
                 self.carry = line; // keep the allocation
             }
         }
+        if let Some(r) = run {
+            self.log.append(&data[r..start])?;
+        }
         let rest = &data[start..];
         if rest.is_empty() {
-            return;
+            return Ok(());
         }
         if let Some(o) = self.oversize.as_mut() {
             o.total += rest.len() as u64;
@@ -128,6 +152,7 @@ impl<S: Storage> Splitter<'_, S> {
         } else {
             self.carry.extend_from_slice(rest);
         }
+        Ok(())
     }
 
     /// End of the pipe: an unfinished last line is still a line.
@@ -141,6 +166,9 @@ impl<S: Storage> Splitter<'_, S> {
     }
 
     fn flush(&mut self) -> Result<(), LogError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         let r = self.log.append(&self.out);
         self.out.clear();
         r
@@ -176,10 +204,104 @@ pub fn capture<S: Storage>(
             Err(_) => break,
         };
         s.now_ns = clock.wall_ns();
-        s.feed(&buf[..n]);
+        s.feed(&buf[..n])?;
         s.flush()?;
     }
     s.now_ns = clock.wall_ns();
     s.finish();
     s.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use sluice_chunk::{ChunkLog, FsyncPolicy, LogConfig, ManualClock, MemStorage, Storage};
+
+    use super::*;
+
+    const T: u64 = 1_790_000_000_000_000_000;
+
+    /// Returns `data` in reads of the given sizes (cycled), like a pipe under varying load.
+    struct Chopped {
+        data: Vec<u8>,
+        pos: usize,
+        sizes: Vec<usize>,
+        i: usize,
+    }
+
+    impl Read for Chopped {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let want = self.sizes[self.i % self.sizes.len()].min(buf.len());
+            self.i += 1;
+            let n = want.min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => (0u64..1000, "[a-z ]{0,40}").prop_map(|(n, s)| format!("{{\"time_ns\":{n},\"msg\":\"{s}\"}}").into_bytes()),
+            1 => Just(b"not json at all".to_vec()),
+            1 => Just(b"{\"time_ns\":1,\"f\":1.5}".to_vec()),
+            1 => Just(Vec::new()),
+            1 => (1100usize..3000).prop_map(|n| format!("{{\"time_ns\":1,\"big\":\"{}\"}}", "x".repeat(n)).into_bytes()),
+            1 => prop::collection::vec(any::<u8>(), 0..60).prop_map(|mut v| { v.retain(|&b| b != b'\n'); v }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Whatever the read sizes, capture stores exactly what checking each line alone gives.
+        #[test]
+        fn capture_equals_line_by_line_processing(
+            lines in prop::collection::vec(line(), 0..60),
+            trailing_newline: bool,
+            sizes in prop::collection::vec(1usize..4000, 1..8),
+        ) {
+            let limits = Limits { line_bytes_max: 1024 };
+            let mut input = lines.join(&b'\n');
+            if trailing_newline && !lines.is_empty() {
+                input.push(b'\n');
+            }
+            let mut expected = Vec::new();
+            let mut pieces: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+            if input.is_empty() || input.ends_with(b"\n") {
+                pieces.pop(); // nothing after the last newline
+            }
+            for l in pieces {
+                if l.len() > limits.line_bytes_max {
+                    sluice_event::process_too_long(&l[..limits.raw_keep()], l.len() as u64, T, &limits, &mut expected);
+                } else {
+                    sluice_event::process_line(l, T, &limits, &mut expected);
+                }
+            }
+
+            let storage = MemStorage::new();
+            let clock = Arc::new(ManualClock::new(T));
+            let config = LogConfig { chunk_bytes_max: 64 * 1024, line_bytes_max: 1024, fsync: FsyncPolicy::Never, ..LogConfig::default() };
+            let (log, _) = ChunkLog::open(storage.clone(), config, clock.clone()).expect("open");
+            let metrics = Metrics::default();
+            capture(Chopped { data: input, pos: 0, sizes, i: 0 }, Pipe::Stdout, &log, &metrics, limits, clock.as_ref()).expect("capture");
+            log.close().expect("close");
+
+            let mut names: Vec<String> = storage.list().expect("list").into_iter().map(|e| e.name).filter(|n| n.ends_with(".chunk")).collect();
+            names.sort_by_key(|n| (n.len(), n.clone()));
+            let mut stored = Vec::new();
+            for n in names {
+                let data = storage.contents(&n).expect("chunk");
+                for l in data.split_inclusive(|&b| b == b'\n') {
+                    let own = l.windows(30).any(|w| w == b",\"sluice_origin\":\"supervisor\",");
+                    if !own {
+                        stored.extend_from_slice(l);
+                    }
+                }
+            }
+            prop_assert_eq!(String::from_utf8_lossy(&stored), String::from_utf8_lossy(&expected));
+        }
+    }
 }
