@@ -95,16 +95,16 @@ impl<S: Storage> Splitter<'_, S> {
             let seg = &data[start..nl];
             let line_start = start;
             start = nl + 1;
-            if self.pipe == Pipe::Stdout && self.oversize.is_none() && self.carry.is_empty() && seg.len() <= max {
-                if sluice_event::check_line(seg, false).is_empty() {
-                    self.metrics.stdout_events.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.stdout_bytes.fetch_add(seg.len() as u64 + 1, Ordering::Relaxed);
-                    if run.is_none() {
-                        self.flush()?;
-                        run = Some(line_start);
-                    }
-                    continue;
+            let plain =
+                self.pipe == Pipe::Stdout && self.oversize.is_none() && self.carry.is_empty() && seg.len() <= max;
+            if plain && sluice_event::check_line(seg, false).is_empty() {
+                self.metrics.stdout_events.fetch_add(1, Ordering::Relaxed);
+                self.metrics.stdout_bytes.fetch_add(seg.len() as u64 + 1, Ordering::Relaxed);
+                if run.is_none() {
+                    self.flush()?;
+                    run = Some(line_start);
                 }
+                continue;
             }
             if let Some(r) = run.take() {
                 self.log.append(&data[r..line_start])?;
