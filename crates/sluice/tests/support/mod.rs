@@ -27,6 +27,26 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Send `sig` to a child process.
+fn signal_child(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid; it touches no memory of ours.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Wait (with the deadline) for a child to exit; its exit code, or -1 for a signal.
+fn wait_exit(child: &mut Child, what: &str) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(start.elapsed() < DEADLINE, "{what} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Spawn `cmd` with stderr piped, forward its stderr lines to a channel, and wait for the first
 /// line containing `marker`. Returns the child, that line and the channel with later lines.
 fn spawn_until_ready(mut cmd: Command, marker: &str) -> (Child, String, mpsc::Receiver<String>) {
@@ -97,22 +117,12 @@ impl Supervisor {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        signal_child(&self.child, sig);
     }
 
     /// Wait for exit; returns the exit code.
     pub fn wait(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(start.elapsed() < DEADLINE, "supervisor did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child, "supervisor")
     }
 
     /// Everything it printed on stderr after the ready line, so far.
@@ -213,21 +223,11 @@ impl StoreProc {
     }
 
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        signal_child(&self.child, sig);
     }
 
     pub fn wait(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(start.elapsed() < DEADLINE, "store did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut self.child, "store")
     }
 }
 
