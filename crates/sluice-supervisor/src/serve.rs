@@ -47,7 +47,7 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -223,7 +223,7 @@ impl Server {
             return;
         };
         metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
-        let _connected = Connected::new(Arc::clone(metrics));
+        let _connected = GaugeUnit::new(Arc::clone(metrics), |m| &m.clients_connected);
         let (peer_text, fp_text) = (peer.to_string(), format_fingerprint(&fp));
         self.chunks.record(move |buf, now| {
             OwnEvent::new(buf, now, "client_accepted").str("peer", &peer_text).str("fingerprint", &fp_text).finish()
@@ -332,35 +332,22 @@ impl RejectEvents {
     }
 }
 
-/// Holds one unit of the `clients_connected` gauge.
-struct Connected(Arc<Metrics>);
+/// Holds one unit of a gauge (`clients_connected`, `followers`) while it lives.
+struct GaugeUnit {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &AtomicI64,
+}
 
-impl Connected {
-    fn new(metrics: Arc<Metrics>) -> Connected {
-        metrics.clients_connected.fetch_add(1, Ordering::Relaxed);
-        Connected(metrics)
+impl GaugeUnit {
+    fn new(metrics: Arc<Metrics>, gauge: fn(&Metrics) -> &AtomicI64) -> GaugeUnit {
+        gauge(&metrics).fetch_add(1, Ordering::Relaxed);
+        GaugeUnit { metrics, gauge }
     }
 }
 
-impl Drop for Connected {
+impl Drop for GaugeUnit {
     fn drop(&mut self) {
-        self.0.clients_connected.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Holds one unit of the `followers` gauge while a response follows the open chunk.
-struct Following(Arc<Metrics>);
-
-impl Following {
-    fn new(metrics: Arc<Metrics>) -> Following {
-        metrics.followers.fetch_add(1, Ordering::Relaxed);
-        Following(metrics)
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        self.0.followers.fetch_sub(1, Ordering::Relaxed);
+        (self.gauge)(&self.metrics).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -547,7 +534,7 @@ impl Chunks {
                 // The open chunk was written moments ago and sits in the page cache: a read costs
                 // less than a hop to the blocking pool would.
                 cold: false,
-                following: Some(Following::new(Arc::clone(&self.metrics))),
+                following: Some(GaugeUnit::new(Arc::clone(&self.metrics), |m| &m.followers)),
             }
             .into_body()
         };
@@ -725,7 +712,7 @@ struct ChunkBody {
     end: Option<u64>,
     /// Read on the blocking pool (closed chunks) rather than inline (the open chunk).
     cold: bool,
-    following: Option<Following>,
+    following: Option<GaugeUnit>,
 }
 
 impl ChunkBody {
