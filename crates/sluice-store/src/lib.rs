@@ -81,7 +81,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch, UInt64Array};
 use arrow_schema::SchemaRef;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
@@ -472,6 +472,36 @@ impl Store {
         let mut buffered: Vec<RecordBatch> = s.flushing.iter().map(|b| buffer::align(b, &schema)).collect();
         buffered.extend(s.buffer.snapshot(&s.registry));
         StoreView { schema, segments: s.manifest.segments.clone(), buffered }
+    }
+
+    /// Buffered rows with `sluice_seq` above `after`, in seq order, aligned to the current schema,
+    /// and the highest seq applied so far (the cursor to pass next time). Rows already flushed
+    /// into segments are not returned: a caller that falls behind a flush misses them, and can
+    /// tell how many from the gap between `after` and the first seq returned. For live tail.
+    pub fn buffered_after(&self, after: u64) -> (Vec<RecordBatch>, u64) {
+        let view = self.view();
+        let applied = lock(&self.inner.state).applied_seq;
+        let mut out = Vec::new();
+        for batch in view.buffered {
+            let Some(seqs) = batch.column_by_name(COL_SEQ).and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+            else {
+                continue;
+            };
+            let n = seqs.len();
+            if n == 0 || seqs.value(n - 1) <= after {
+                continue;
+            }
+            // Seqs rise within and across buffered batches (rows are applied in WAL order).
+            let start = seqs.values().partition_point(|&s| s <= after);
+            out.push(batch.slice(start, n - start));
+        }
+        (out, applied)
+    }
+
+    /// Changes whenever committed events become visible (after each group commit). For live
+    /// tail: wait on it, then call [`Store::buffered_after`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
     }
 
     /// A copy of the current manifest.

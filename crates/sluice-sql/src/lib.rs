@@ -1,0 +1,413 @@
+//! The event store's query engine (SPEC §3 Query and Access): SQL over one `events` table with
+//! DataFusion, quick search compiled to the same engine, and live tail, each for a caller with or
+//! without the `pii` role.
+//!
+//! Not here: HTTP, tokens and output formats (sluice-api), the query language's parser
+//! (sluice-query), storage (sluice-store).
+//!
+//! # The `events` table
+//!
+//! One table over a consistent [`sluice_store::StoreView`]: the live Parquet segments (listed by
+//! the manifest, so a compaction's inputs and output are never both read) and the buffered rows
+//! (so an event is queryable as soon as its commit returns). Segments are pruned by event time
+//! (the manifest's `time_ns` range against simple `time_ns` comparisons in the query), by
+//! Parquet row-group statistics, and for searches by per-segment term indexes. Columns are the
+//! store's (see sluice-store): `time_ns`, `sluice_source`, `sluice_stream`, `sluice_received_ns`,
+//! `sluice_id`, `sluice_seq`, `sluice_overflow`, then one per key.
+//!
+//! # Masking
+//!
+//! For a caller without the `pii` role, `events` is a view in which every `pii_*` column is
+//! replaced by its keyed hash ([`MaskKey`]), `sluice_overflow` has its `pii_*` values hashed and
+//! the text of unparsed lines hidden, and the bad-line columns (`sluice_raw`, `sluice_raw_b64`,
+//! `sluice_bad_values`) are hidden. The query is planned against the view, so a filter on a
+//! `pii_*` column compares masked values (`WHERE pii_uid = 'U577019'` matches nothing, a hash the
+//! caller was shown matches), and no statistic or index of the raw values can prune: the masking
+//! function is opaque to pruning, and searches use `pii_*` term indexes only for `pii` callers.
+//! The masking functions are not registered under any name a query could call.
+//!
+//! # Limits
+//!
+//! Each query runs under [`EngineConfig::memory_max_bytes`] (DataFusion's memory pool: an
+//! operator over it fails the query with 413), [`EngineConfig::time_max`] (408), at most
+//! [`EngineConfig::rows_max`] result rows (the rest is cut and `truncated` is set), and at most
+//! [`EngineConfig::concurrent_max`] queries at once (429). Only queries: DDL, DML, `COPY` and
+//! `SET` are refused, so no query can read or write a path. Dropping a query's future (the
+//! client went away) cancels its work.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod mask;
+mod search;
+mod table;
+mod tail;
+mod terms;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::view::ViewTable;
+use datafusion::common::DataFusionError;
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::prelude::{ident, SQLOptions, SessionConfig, SessionContext};
+use futures_util::StreamExt;
+use serde::Serialize;
+use sluice_store::{Store, StoreView, COL_OVERFLOW};
+use tokio::sync::Semaphore;
+
+pub use mask::{KeyError, MaskKey, HIDDEN, HIDDEN_COLUMNS, KEY_FILE};
+pub use search::{
+    needed_terms, Needed, SearchRequest, LIMIT_DEFAULT as SEARCH_LIMIT_DEFAULT, LIMIT_MAX as SEARCH_LIMIT_MAX,
+};
+pub use table::{EventsTable, ScanCounters, SegmentFilter};
+pub use tail::{Tail, TailBatch, TAIL_BACKLOG_ROWS_MAX};
+
+use mask::{MaskKind, MaskUdf, PII_PREFIX};
+
+/// Default memory limit of one query.
+pub const MEMORY_MAX_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
+/// Default time limit of one query.
+pub const TIME_MAX_DEFAULT: Duration = Duration::from_secs(30);
+/// Default cap of result rows.
+pub const ROWS_MAX_DEFAULT: usize = 100_000;
+/// Default number of queries that run at once.
+pub const CONCURRENT_MAX_DEFAULT: usize = 4;
+/// The table's name in SQL.
+pub const TABLE: &str = "events";
+
+/// Limits of the engine (see the crate docs).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub memory_max_bytes: usize,
+    pub time_max: Duration,
+    pub rows_max: usize,
+    pub concurrent_max: usize,
+    /// DataFusion's partitions per query; the number of cores by default.
+    pub target_partitions: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            memory_max_bytes: MEMORY_MAX_BYTES_DEFAULT,
+            time_max: TIME_MAX_DEFAULT,
+            rows_max: ROWS_MAX_DEFAULT,
+            concurrent_max: CONCURRENT_MAX_DEFAULT,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// What the caller may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// The `pii` role: `pii_*` values and bad-line text in clear.
+    pub pii: bool,
+}
+
+/// What a query read, for the answer's stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QueryStats {
+    /// Rows read from segments (after row-group pruning) and from the buffer.
+    pub rows_scanned: u64,
+    /// Bytes read from segment files.
+    pub bytes_scanned: u64,
+    pub segments_read: u64,
+    /// Segments left out by event time or term indexes.
+    pub segments_skipped: u64,
+    /// Buffered (not yet flushed) rows the query looked at.
+    pub buffer_rows: u64,
+    pub elapsed_ms: f64,
+}
+
+/// A finished query.
+#[derive(Debug, Clone)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    /// More rows matched than [`EngineConfig::rows_max`] (or the search limit); the rest was cut.
+    pub truncated: bool,
+    pub stats: QueryStats,
+}
+
+impl QueryOutput {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+/// Why a query failed. [`QueryError::status`] is the HTTP status the API answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The query text is wrong; `position` is the 0-based column when known.
+    #[error("{message}")]
+    Invalid { message: String, position: Option<usize> },
+    #[error("query needs more than the memory limit of {limit_bytes} bytes: {message}; aggregate more, select fewer columns or narrow the time range")]
+    TooLarge { limit_bytes: usize, message: String },
+    #[error("query exceeded the time limit of {0:?}; narrow the time range or add filters")]
+    Timeout(Duration),
+    #[error("too many queries running (at most {0}); retry shortly")]
+    Busy(usize),
+    #[error("query failed: {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    pub fn status(&self) -> u16 {
+        match self {
+            QueryError::Invalid { .. } => 400,
+            QueryError::TooLarge { .. } => 413,
+            QueryError::Timeout(_) => 408,
+            QueryError::Busy(_) => 429,
+            QueryError::Internal(_) => 500,
+        }
+    }
+
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            QueryError::Invalid { position, .. } => *position,
+            _ => None,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> QueryError {
+        QueryError::Invalid { message: message.into(), position: None }
+    }
+}
+
+/// The 0-based column of a sqlparser message ("… at Line: 1, Column: 15" is 14), the same
+/// convention as search syntax errors.
+fn sql_position(message: &str) -> Option<usize> {
+    let at = message.rfind("Column: ")? + "Column: ".len();
+    let digits: String = message[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse::<usize>().ok().map(|c| c.saturating_sub(1))
+}
+
+fn classify(e: DataFusionError, memory_max_bytes: usize) -> QueryError {
+    let message = e.to_string();
+    match e.find_root() {
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ArrowError(..) => {
+            let message = message
+                .trim_start_matches("SQL error: ")
+                .trim_start_matches("Error during planning: ")
+                .trim_start_matches("Schema error: ")
+                .to_owned();
+            QueryError::Invalid { position: sql_position(&message), message }
+        }
+        DataFusionError::ResourcesExhausted(_) => QueryError::TooLarge { limit_bytes: memory_max_bytes, message },
+        _ => QueryError::Internal(message),
+    }
+}
+
+/// A missing segment file: a compaction or retention removed it after the view was taken.
+fn is_gone(e: &QueryError) -> bool {
+    matches!(e, QueryError::Internal(m) if m.contains("not found") || m.contains("No such file"))
+}
+
+struct Inner {
+    store: Arc<Store>,
+    key: MaskKey,
+    cfg: EngineConfig,
+    running: Semaphore,
+    terms: Arc<terms::TermIndex>,
+}
+
+/// The query engine of one store. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine over `store`, masking with the key in its data directory (created if absent).
+    pub fn open(store: Arc<Store>, cfg: EngineConfig) -> Result<Engine, KeyError> {
+        let key = MaskKey::load_or_create(store.data_dir())?;
+        Ok(Engine::with_key(store, cfg, key))
+    }
+
+    pub fn with_key(store: Arc<Store>, cfg: EngineConfig, key: MaskKey) -> Engine {
+        let running = Semaphore::new(cfg.concurrent_max.max(1));
+        Engine { inner: Arc::new(Inner { store, key, cfg, running, terms: Arc::new(terms::TermIndex::new()) }) }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    pub(crate) fn term_index(&self) -> Arc<terms::TermIndex> {
+        self.inner.terms.clone()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    /// Run one SQL query over `events`.
+    pub async fn sql(&self, sql: &str, access: Access) -> Result<QueryOutput, QueryError> {
+        self.run(sql, access, None, self.inner.cfg.rows_max).await
+    }
+
+    /// Run `sql` with an optional segment filter, retrying once with a fresh view when a segment
+    /// vanished under the query (compaction or retention).
+    pub(crate) async fn run(
+        &self,
+        sql: &str,
+        access: Access,
+        filter: Option<SegmentFilter>,
+        rows_max: usize,
+    ) -> Result<QueryOutput, QueryError> {
+        let _permit = self.inner.running.try_acquire().map_err(|_| QueryError::Busy(self.inner.cfg.concurrent_max))?;
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            let view = self.inner.store.view();
+            let run = self.run_view(sql, access, filter.clone(), view, rows_max);
+            let result = match tokio::time::timeout(self.inner.cfg.time_max, run).await {
+                Ok(r) => r,
+                Err(_) => Err(QueryError::Timeout(self.inner.cfg.time_max)),
+            };
+            match result {
+                Err(e) if attempt == 0 && is_gone(&e) => attempt += 1,
+                Err(e) => return Err(e),
+                Ok(mut out) => {
+                    out.stats.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    return Ok(out);
+                }
+            }
+        }
+    }
+
+    /// A session whose `events` table is `view`, masked unless `access.pii`.
+    pub(crate) fn context(
+        &self,
+        view: StoreView,
+        access: Access,
+        filter: Option<SegmentFilter>,
+        counters: Arc<ScanCounters>,
+    ) -> Result<SessionContext, QueryError> {
+        let cfg = &self.inner.cfg;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(cfg.memory_max_bytes, 1.0)
+            .build_arc()
+            .map_err(|e| QueryError::Internal(e.to_string()))?;
+        runtime.register_object_store(table::segments_url().as_ref(), self.inner.store.object_store());
+        let mut config = SessionConfig::new().with_target_partitions(cfg.target_partitions.max(1));
+        // Late materialisation: decode the other columns only for rows that pass the filters,
+        // which is what makes needle queries cheap.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let schema = view.schema.clone();
+        let table = Arc::new(EventsTable::new(view, filter, counters));
+        let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
+            table
+        } else {
+            let key = self.inner.key;
+            let value = MaskUdf::udf(MaskKind::Value, key);
+            let overflow = MaskUdf::udf(MaskKind::Overflow, key);
+            let hide = MaskUdf::udf(MaskKind::Hide, key);
+            let exprs: Vec<Expr> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let name = f.name().as_str();
+                    let c = ident(name);
+                    if name.starts_with(PII_PREFIX) {
+                        value.call(vec![c]).alias(name)
+                    } else if name == COL_OVERFLOW {
+                        overflow.call(vec![c]).alias(name)
+                    } else if HIDDEN_COLUMNS.contains(&name)
+                        && f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8
+                    {
+                        hide.call(vec![c]).alias(name)
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            let plan = LogicalPlanBuilder::scan(TABLE, provider_as_source(table), None)
+                .and_then(|b| b.project(exprs))
+                .and_then(|b| b.build())
+                .map_err(|e| QueryError::Internal(e.to_string()))?;
+            Arc::new(ViewTable::new(plan, None))
+        };
+        ctx.register_table(TABLE, provider).map_err(|e| QueryError::Internal(e.to_string()))?;
+        Ok(ctx)
+    }
+
+    async fn run_view(
+        &self,
+        sql: &str,
+        access: Access,
+        filter: Option<SegmentFilter>,
+        view: StoreView,
+        rows_max: usize,
+    ) -> Result<QueryOutput, QueryError> {
+        let mem = self.inner.cfg.memory_max_bytes;
+        let counters = Arc::new(ScanCounters::default());
+        let ctx = self.context(view, access, filter, counters.clone())?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await.map_err(|e| classify(e, mem))?;
+        let plan = df.create_physical_plan().await.map_err(|e| classify(e, mem))?;
+        let schema = plan.schema();
+        let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| classify(e, mem))?;
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        let mut truncated = false;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|e| classify(e, mem))?;
+            if rows + batch.num_rows() > rows_max {
+                batches.push(batch.slice(0, rows_max - rows));
+                truncated = true;
+                break;
+            }
+            rows += batch.num_rows();
+            batches.push(batch);
+        }
+        drop(stream);
+        let mut stats = QueryStats {
+            segments_read: counters.segments_read.load(std::sync::atomic::Ordering::Relaxed),
+            segments_skipped: counters.segments_skipped.load(std::sync::atomic::Ordering::Relaxed),
+            buffer_rows: counters.buffer_rows.load(std::sync::atomic::Ordering::Relaxed),
+            ..QueryStats::default()
+        };
+        add_scan_metrics(&plan, &mut stats);
+        Ok(QueryOutput { schema, batches, truncated, stats })
+    }
+}
+
+/// Rows and bytes read by the plan's leaves (segment scans and the buffer).
+fn add_scan_metrics(plan: &Arc<dyn ExecutionPlan>, stats: &mut QueryStats) {
+    let children = plan.children();
+    if children.is_empty() {
+        if let Some(m) = plan.metrics() {
+            let pruned = m.sum_by_name("pushdown_rows_pruned").map_or(0, |v| v.as_usize());
+            stats.rows_scanned += (m.output_rows().unwrap_or(0) + pruned) as u64;
+            stats.bytes_scanned += m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize()) as u64;
+        }
+    }
+    for c in children {
+        add_scan_metrics(c, stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_positions_are_read_from_parser_messages() {
+        assert_eq!(sql_position("Expected: end of statement, found: x at Line: 1, Column: 15"), Some(14));
+        assert_eq!(sql_position("no position"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Quick search: a parsed [`Query`] compiled to SQL over `events` (the rendering sluice-query
+//! specifies, in DataFusion's dialect), a time range, newest first, and the terms every match
+//! must contain, from which the term indexes skip segments.
+//!
+//! Not here: the parser (sluice-query) or the term index files (sluice-store).
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use sluice_query::{normalize, quote_ident, text_column_sql, to_sql_for, tokens, ColumnType, Query, SqlDialect};
+use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
+
+use crate::mask::PII_PREFIX;
+use crate::{Access, Engine, QueryError, QueryOutput, TABLE};
+
+/// Rows a search returns unless asked otherwise.
+pub const LIMIT_DEFAULT: usize = 100;
+/// Most rows a search returns.
+pub const LIMIT_MAX: usize = 10_000;
+
+/// One search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    pub query: String,
+    /// Events with `time_ns` at or after this (ns since the epoch).
+    pub since_ns: Option<u64>,
+    /// Events with `time_ns` at or before this.
+    pub until_ns: Option<u64>,
+    /// At most this many rows (newest first), 1..=[`LIMIT_MAX`].
+    pub limit: usize,
+}
+
+/// A term every matching event contains, for the term indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Needed {
+    /// A normalized token of a non-`pii_*` string value.
+    Token(String),
+    /// A normalized token of the value of this `pii_*` column.
+    PiiToken { column: String, token: String },
+}
+
+pub(crate) fn column_type(schema: &Schema, name: &str) -> Option<ColumnType> {
+    match schema.field_with_name(name).ok()?.data_type() {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => Some(ColumnType::String),
+        DataType::UInt64 => Some(ColumnType::U64),
+        _ => None,
+    }
+}
+
+/// The query's condition as a SQL expression over `events` (plus `sluice_text` when it has bare
+/// words), and whether it needs `sluice_text`.
+pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<(String, bool), QueryError> {
+    let pred = to_sql_for(q, &|name| column_type(schema, name), SqlDialect::DataFusion)
+        .map_err(|e| QueryError::invalid(e.to_string()))?;
+    let needs_text = has_bare_word(q);
+    Ok((pred, needs_text))
+}
+
+fn has_bare_word(q: &Query) -> bool {
+    match q {
+        Query::Term { field: None, .. } => true,
+        Query::Not(inner) => has_bare_word(inner),
+        Query::And(v) | Query::Or(v) => v.iter().any(has_bare_word),
+        _ => false,
+    }
+}
+
+/// `FROM …` for a search: `events`, with `sluice_text` (the non-`pii_*` string values and the
+/// overflow JSON) when the condition needs it.
+pub(crate) fn from_sql(schema: &Schema, needs_text: bool) -> String {
+    if !needs_text {
+        return TABLE.to_owned();
+    }
+    let strings: Vec<&str> = schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Utf8))
+        .map(|f| f.name().as_str())
+        .filter(|n| *n != "sluice_stream")
+        .collect();
+    format!("(SELECT *, {} AS {} FROM {TABLE})", text_column_sql(&strings), quote_ident(sluice_query::TEXT_COLUMN))
+}
+
+/// The columns of `events`, quoted, for `SELECT` lists that must not include `sluice_text`.
+pub(crate) fn select_list(schema: &Schema) -> String {
+    schema.fields().iter().map(|f| quote_ident(f.name())).collect::<Vec<_>>().join(", ")
+}
+
+/// Terms every event matching `q` contains (AND of the leaves it cannot do without).
+pub fn needed_terms(q: &Query, schema: &Schema, access: Access) -> Vec<Needed> {
+    let mut out = Vec::new();
+    collect_needed(q, schema, access, &mut out);
+    out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    out.dedup();
+    out
+}
+
+fn collect_needed(q: &Query, schema: &Schema, access: Access, out: &mut Vec<Needed>) {
+    match q {
+        Query::Term { field: None, text, .. } => out.extend(tokens(text).map(|t| Needed::Token(normalize(t)))),
+        Query::Term { field: Some(field), text, .. } => {
+            if column_type(schema, field) != Some(ColumnType::String) {
+                return;
+            }
+            if field.starts_with(PII_PREFIX) {
+                // Only a caller who sees clear values compares them, and only such a caller may
+                // learn from an index whether a value is absent.
+                if access.pii {
+                    out.extend(tokens(text).map(|t| Needed::PiiToken { column: field.clone(), token: normalize(t) }));
+                }
+            } else if field != COL_OVERFLOW {
+                out.extend(tokens(text).map(|t| Needed::Token(normalize(t))));
+            }
+        }
+        Query::And(children) => {
+            for c in children {
+                collect_needed(c, schema, access, out);
+            }
+        }
+        // An OR needs none of its branches in particular, a negation nothing at all.
+        Query::Or(_) | Query::Not(_) | Query::Compare { .. } | Query::Exists { .. } | Query::All => {}
+    }
+}
+
+impl Engine {
+    /// Run a search: newest events first, at most `req.limit`.
+    pub async fn search(&self, req: &SearchRequest, access: Access) -> Result<QueryOutput, QueryError> {
+        let q = sluice_query::parse(&req.query)
+            .map_err(|e| QueryError::Invalid { message: format!("query: {e}"), position: Some(e.position) })?;
+        if !(1..=LIMIT_MAX).contains(&req.limit) {
+            return Err(QueryError::invalid(format!("limit {} must be between 1 and {LIMIT_MAX}", req.limit)));
+        }
+        let schema = self.store().schema();
+        let (pred, needs_text) = predicate_sql(&q, &schema)?;
+        let mut conditions = vec![pred];
+        let time = quote_ident(COL_TIME_NS);
+        if let Some(since) = req.since_ns {
+            conditions.push(format!("{time} >= {since}"));
+        }
+        if let Some(until) = req.until_ns {
+            conditions.push(format!("{time} <= {until}"));
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {time} DESC, {} DESC LIMIT {}",
+            select_list(&schema),
+            from_sql(&schema, needs_text),
+            conditions.join(" AND "),
+            quote_ident(sluice_store::COL_SEQ),
+            req.limit + 1
+        );
+        let needed = needed_terms(&q, &schema, access);
+        let filter = self.term_filter(needed);
+        let mut out = self.run(&sql, access, filter, req.limit).await?;
+        // One row past the limit was asked for only to tell whether there were more.
+        out.truncated = out.truncated || out.rows() > req.limit;
+        Ok(out)
+    }
+
+    /// The segment filter for these terms; `None` when there is nothing to look up.
+    pub(crate) fn term_filter(&self, needed: Vec<Needed>) -> Option<crate::SegmentFilter> {
+        if needed.is_empty() {
+            return None;
+        }
+        let index = self.term_index();
+        Some(Arc::new(move |seg: &sluice_store::SegmentMeta| index.may_match(seg, &needed)))
+    }
+}

@@ -1,0 +1,217 @@
+//! The `events` table: one DataFusion table over a [`StoreView`] — the live Parquet segments and
+//! the buffered rows together, so that an event is in exactly one of them — with segment pruning
+//! by event time and by a caller-supplied segment filter (term indexes), counted for the stats.
+//!
+//! Not here: masking (the engine wraps this table in a masking view for callers without the
+//! `pii` role) or SQL (DataFusion plans over it).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
+use datafusion::common::{Result as DfResult, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use sluice_store::{SegmentMeta, StoreView, COL_TIME_NS};
+
+/// Decides per segment whether it may hold a match (term indexes); `false` skips it.
+pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> bool + Send + Sync>;
+
+/// What one query's scans did, shared with the engine that reports it.
+#[derive(Debug, Default)]
+pub struct ScanCounters {
+    pub segments_read: AtomicU64,
+    pub segments_skipped: AtomicU64,
+    pub buffer_rows: AtomicU64,
+}
+
+/// The URL under which the store's object store is registered in each query's runtime.
+pub(crate) fn segments_url() -> ObjectStoreUrl {
+    ObjectStoreUrl::parse("sluice://segments").expect("a constant, valid URL")
+}
+
+pub struct EventsTable {
+    view: StoreView,
+    filter: Option<SegmentFilter>,
+    counters: Arc<ScanCounters>,
+}
+
+impl fmt::Debug for EventsTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventsTable")
+            .field("segments", &self.view.segments.len())
+            .field("buffered_batches", &self.view.buffered.len())
+            .finish()
+    }
+}
+
+impl EventsTable {
+    pub fn new(view: StoreView, filter: Option<SegmentFilter>, counters: Arc<ScanCounters>) -> EventsTable {
+        EventsTable { view, filter, counters }
+    }
+}
+
+/// The `[min, max]` range of `time_ns` that `filters` (ANDed) allow, as far as simple comparisons
+/// with constants say; anything else leaves the range open.
+fn time_range(filters: &[Expr]) -> (u64, u64) {
+    let mut lo = 0u64;
+    let mut hi = u64::MAX;
+    let mut visit = |e: &Expr| {
+        if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e {
+            let (op, value) = match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) if c.name == COL_TIME_NS => (*op, v),
+                (Expr::Literal(v, _), Expr::Column(c)) if c.name == COL_TIME_NS => match op.swap() {
+                    Some(op) => (op, v),
+                    None => return,
+                },
+                _ => return,
+            };
+            let Some(n) = as_u64(value) else { return };
+            match op {
+                Operator::Gt => lo = lo.max(n.saturating_add(1)),
+                Operator::GtEq => lo = lo.max(n),
+                Operator::Lt => hi = hi.min(n.saturating_sub(1)),
+                Operator::LtEq => hi = hi.min(n),
+                Operator::Eq => {
+                    lo = lo.max(n);
+                    hi = hi.min(n);
+                }
+                _ => {}
+            }
+        }
+    };
+    for f in filters {
+        for part in split_and(f) {
+            visit(part);
+        }
+    }
+    (lo, hi)
+}
+
+fn split_and(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            let mut v = split_and(left);
+            v.extend(split_and(right));
+            v
+        }
+        other => vec![other],
+    }
+}
+
+fn as_u64(v: &ScalarValue) -> Option<u64> {
+    match v {
+        ScalarValue::UInt64(Some(n)) => Some(*n),
+        ScalarValue::UInt32(Some(n)) => Some(u64::from(*n)),
+        ScalarValue::Int64(Some(n)) => Some((*n).max(0) as u64),
+        ScalarValue::Int32(Some(n)) => Some((*n).max(0) as u64),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for EventsTable {
+    fn schema(&self) -> SchemaRef {
+        self.view.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning only; DataFusion still applies every filter to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let schema = self.view.schema.clone();
+        let (lo, hi) = time_range(filters);
+        let mut files = Vec::new();
+        let mut skipped = 0u64;
+        for seg in &self.view.segments {
+            let in_time = seg.time_ns_max >= lo && seg.time_ns_min <= hi;
+            if in_time && self.filter.as_ref().is_none_or(|f| f(seg)) {
+                files.push(PartitionedFile::new(seg.path.clone(), seg.bytes));
+            } else {
+                skipped += 1;
+            }
+        }
+        self.counters.segments_read.fetch_add(files.len() as u64, Ordering::Relaxed);
+        self.counters.segments_skipped.fetch_add(skipped, Ordering::Relaxed);
+
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !files.is_empty() {
+            let partitions = state.config().target_partitions().max(1);
+            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len())];
+            let n = groups.len();
+            for (i, f) in files.into_iter().enumerate() {
+                groups[i % n].push(f);
+            }
+            let mut source =
+                ParquetSource::new(schema.clone()).with_table_parquet_options(state.table_options().parquet.clone());
+            if let Some(predicate) = conjunction(filters.iter().cloned()) {
+                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            }
+            let config = FileScanConfigBuilder::new(segments_url(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+            inputs.push(DataSourceExec::from_data_source(config));
+        }
+        let buffered: Vec<_> = self.view.buffered.iter().filter(|b| b.num_rows() > 0).cloned().collect();
+        if !buffered.is_empty() {
+            let rows: usize = buffered.iter().map(|b| b.num_rows()).sum();
+            self.counters.buffer_rows.fetch_add(rows as u64, Ordering::Relaxed);
+            let partitions = state.config().target_partitions().clamp(1, buffered.len());
+            let mut parts: Vec<Vec<_>> = vec![Vec::new(); partitions];
+            for (i, b) in buffered.into_iter().enumerate() {
+                parts[i % partitions].push(b);
+            }
+            let mem = MemorySourceConfig::try_new(&parts, schema.clone(), projection.cloned())?.with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+        if inputs.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(schema.project(p)?),
+                None => schema,
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    #[test]
+    fn time_range_reads_simple_bounds_only() {
+        let f = vec![col("time_ns").gt_eq(lit(10u64)).and(col("time_ns").lt(lit(20i64))), col("x").eq(lit(1u64))];
+        assert_eq!(time_range(&f), (10, 19));
+        assert_eq!(time_range(&[lit(5u64).lt(col("time_ns"))]), (6, u64::MAX));
+        assert_eq!(time_range(&[col("time_ns").gt(lit(5u64)).or(col("time_ns").lt(lit(2u64)))]), (0, u64::MAX));
+    }
+}
