@@ -56,7 +56,8 @@ pub const BACKFILL_WORKERS_DEFAULT: usize = 2;
 /// More backfill workers than this only thrash the disk and the supervisors.
 pub const BACKFILL_WORKERS_MAX: usize = 256;
 /// `backfill_workers`: at least one, or history is never read.
-pub const BACKFILL_WORKERS_LIMITS: Limits = Limits { key: "backfill_workers", min: 1, max: BACKFILL_WORKERS_MAX as i64 };
+pub const BACKFILL_WORKERS_LIMITS: Limits =
+    Limits { key: "backfill_workers", min: 1, max: BACKFILL_WORKERS_MAX as i64 };
 /// `flush_rows_max`: the buffer holds about 250 bytes an event, so more than this is gigabytes.
 pub const FLUSH_ROWS_MAX_LIMITS: Limits = Limits { key: "flush_rows_max", min: 1, max: 50_000_000 };
 /// `buffer_rows_max`: likewise bounded by memory.
@@ -374,9 +375,7 @@ impl StoreFileConfig {
             value
                 .as_ref()
                 .map(|n| {
-                    limits
-                        .check(*n.get_ref())
-                        .map_err(|m| ctx.invalid(n.span().start, format!("{} = {m}", limits.key)))
+                    limits.check(*n.get_ref()).map_err(|m| ctx.invalid(n.span().start, format!("{} = {m}", limits.key)))
                 })
                 .transpose()
         };
@@ -390,16 +389,17 @@ impl StoreFileConfig {
         let flush_zstd_level = count(&raw.flush_zstd_level, FLUSH_ZSTD_LEVEL_LIMITS)?.map(|n| n as i32);
         let compact_zstd_level = count(&raw.compact_zstd_level, COMPACT_ZSTD_LEVEL_LIMITS)?.map(|n| n as i32);
 
-        let written = |value: &Option<Spanned<String>>, key: &str, example: &str| -> Result<Option<Written>, ConfigError> {
-            match value {
-                Some(v) if v.get_ref().trim().is_empty() => Err(ctx.invalid(
-                    v.span().start,
-                    format!("{key} is empty; give a value like {example:?}, or remove the key"),
-                )),
-                Some(v) => Ok(Some(Written { text: v.get_ref().clone(), line: line_of(text, v.span().start) })),
-                None => Ok(None),
-            }
-        };
+        let written =
+            |value: &Option<Spanned<String>>, key: &str, example: &str| -> Result<Option<Written>, ConfigError> {
+                match value {
+                    Some(v) if v.get_ref().trim().is_empty() => Err(ctx.invalid(
+                        v.span().start,
+                        format!("{key} is empty; give a value like {example:?}, or remove the key"),
+                    )),
+                    Some(v) => Ok(Some(Written { text: v.get_ref().clone(), line: line_of(text, v.span().start) })),
+                    None => Ok(None),
+                }
+            };
         let retention_age_max = written(&raw.retention_age_max, "retention_age_max", "30d")?;
         let retention_bytes_max = written(&raw.retention_bytes_max, "retention_bytes_max", "50GB")?;
         let flush_age_max = written(&raw.flush_age_max, "flush_age_max", "60s")?;

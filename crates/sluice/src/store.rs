@@ -139,9 +139,9 @@ fn setting<T>(
 ) -> anyhow::Result<Option<T>> {
     match (flag, file) {
         (Some(v), _) => Ok(Some(v)),
-        (None, Some(w)) => parse(&w.text)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {key}: {e}", path.display(), w.line)),
+        (None, Some(w)) => {
+            parse(&w.text).map(Some).map_err(|e| anyhow::anyhow!("{}:{}: {key}: {e}", path.display(), w.line))
+        }
         (None, None) => Ok(None),
     }
 }
@@ -167,26 +167,22 @@ fn crash_point() -> anyhow::Result<Option<FailPoint>> {
 fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfig> {
     let path = cfg.path.as_path();
     let mut c = StoreConfig::new(&cfg.data_dir);
-    if let Some(d) = setting(args.retention_age_max, &cfg.retention_age_max, path, "retention_age_max", parse_duration)? {
-        c.retention_age_max = d;
-    }
-    if let Some(b) =
+    c.retention_age_max =
+        setting(args.retention_age_max, &cfg.retention_age_max, path, "retention_age_max", parse_duration)?
+            .unwrap_or(c.retention_age_max);
+    c.retention_bytes_max =
         setting(args.retention_bytes_max, &cfg.retention_bytes_max, path, "retention_bytes_max", parse_bytes)?
-    {
-        c.retention_bytes_max = b;
-    }
-    if let Some(d) = setting(args.flush_age_max, &cfg.flush_age_max, path, "flush_age_max", parse_flush_age)? {
-        c.flush_age_max = d;
-    }
-    if let Some(b) = setting(
+            .unwrap_or(c.retention_bytes_max);
+    c.flush_age_max = setting(args.flush_age_max, &cfg.flush_age_max, path, "flush_age_max", parse_flush_age)?
+        .unwrap_or(c.flush_age_max);
+    c.compact_segment_bytes_small = setting(
         args.compact_segment_bytes_small,
         &cfg.compact_segment_bytes_small,
         path,
         "compact_segment_bytes_small",
         parse_bytes,
-    )? {
-        c.compact_segment_bytes_small = b;
-    }
+    )?
+    .unwrap_or(c.compact_segment_bytes_small);
     c.flush_rows_max = args.flush_rows_max.or(cfg.flush_rows_max).unwrap_or(c.flush_rows_max);
     c.buffer_rows_max = args.buffer_rows_max.or(cfg.buffer_rows_max).unwrap_or(c.buffer_rows_max);
     c.compact_inputs_min = args.compact_inputs_min.or(cfg.compact_inputs_min).unwrap_or(c.compact_inputs_min);
@@ -196,11 +192,11 @@ fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfi
     c.compact_zstd_level = args.compact_zstd_level.or(cfg.compact_zstd_level).unwrap_or(c.compact_zstd_level);
     anyhow::ensure!(
         c.buffer_rows_max >= c.flush_rows_max,
-        "{}: buffer_rows_max {} is below flush_rows_max {}, so commits would stall until every flush age; \
-         raise buffer_rows_max or lower flush_rows_max",
-        path.display(),
+        "buffer_rows_max {} is below flush_rows_max {} (from {} and the flags), so commits would stall until \
+         every flush age; raise buffer_rows_max or lower flush_rows_max",
         c.buffer_rows_max,
-        c.flush_rows_max
+        c.flush_rows_max,
+        path.display()
     );
     c.abort_at = crash_point()?;
     Ok(c)

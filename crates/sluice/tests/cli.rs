@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod store_faults;
 mod support;
 
 use support::*;
@@ -239,6 +240,58 @@ fn bad_flags_get_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sluice certs"), "{err}");
     assert!(!dir.path().join("x").exists(), "a refused start touches no disk");
+}
+
+#[test]
+fn store_settings_errors_name_the_flag_variable_or_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("store.toml");
+    let data = dir.path().join("store-data");
+    let run = |text: &str, args: &[&str], env: &[(&str, &str)]| {
+        std::fs::write(&config, format!("data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{text}", data.display()))
+            .unwrap();
+        let out = sluice().arg("store").arg("--config").arg(&config).args(args).envs(env.iter().copied()).output();
+        let out = out.unwrap();
+        assert!(!out.status.success(), "{text} {args:?} {env:?} must be refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let at = |line: usize| format!("{}:{line}: ", config.display());
+    // (file lines after data_dir and listen, flags, environment, what the error must say)
+    let cases: &[(&str, &[&str], &[(&str, &str)], String)] = &[
+        ("\nflush_age_max = \"soon\"\n", &[], &[], format!("{}flush_age_max: \"soon\" is not a duration", at(4))),
+        (
+            "compact_segment_bytes_small = \"1 parsec\"\n",
+            &[],
+            &[],
+            format!("{}compact_segment_bytes_small: unknown size unit", at(3)),
+        ),
+        (
+            "flush_zstd_level = 30\n",
+            &[],
+            &[],
+            format!("{}flush_zstd_level = 30 is out of range; give a number from 1 to 22", at(3)),
+        ),
+        (
+            "flush_rows_max = 5000\n",
+            &["--buffer-rows-max", "10"],
+            &[],
+            "buffer_rows_max 10 is below flush_rows_max 5000".into(),
+        ),
+        (
+            "",
+            &["--compact-inputs-min", "1"],
+            &[],
+            "'--compact-inputs-min <N>': 1 is out of range; give a number from 2 to 10000".into(),
+        ),
+        ("", &["--flush-age-max", "0s"], &[], "\"0s\" is zero; give a duration like 60s".into()),
+        ("", &[], &[("SLUICE_STORE_KEYS_MAX", "many")], "'--keys-max <N>': \"many\" is not a whole number".into()),
+        ("", &[], &[("SLUICE_STORE_CRASH_AT", "now")], "SLUICE_STORE_CRASH_AT=\"now\" is not a crash point".into()),
+    ];
+    for (text, args, env, expected) in cases {
+        let err = run(text, args, env);
+        assert!(err.contains(expected.as_str()), "{text} {args:?} {env:?}: expected {expected:?} in\n{err}");
+    }
+    assert!(!data.exists(), "a refused start touches no disk");
 }
 
 /// `curl` with a client certificate from `certs`, as the README shows.
