@@ -1,7 +1,9 @@
 //! The store's TOML config file (`sluice store --config store.toml`): parsing, path resolution and
 //! the checks that can be made without the network. Every error names the file, the line and the fix.
 //! It does not merge flags or environment variables (the binary does that) and does not open
-//! certificates (only checks that the files exist); retention strings are kept as written.
+//! certificates (only checks that the files exist); sizes and durations are kept as written, with
+//! their line, for the binary to parse with its unit parsers. Whole numbers are range-checked here
+//! against [`Limits`] that the binary's flags share.
 //!
 //! The shape, as other tools write it:
 //!
@@ -11,6 +13,16 @@
 //! backfill_workers = 2               # optional: chunks of history fetched at once, all sources together
 //! retention_age_max = "30d"          # optional, kept as a string for the store to interpret
 //! retention_bytes_max = "50GB"       # optional, likewise
+//! # optional storage tuning; each one absent keeps the store's default
+//! flush_rows_max = 500000            # buffered events that trigger a flush into segments
+//! flush_age_max = "60s"              # oldest buffered event's age that triggers a flush
+//! buffer_rows_max = 2000000          # commits wait while the buffer holds this many events
+//! compact_segment_bytes_small = "32MiB"  # segments below this are merged by compaction
+//! compact_inputs_min = 4             # small segments of one hour that trigger a compaction
+//! compact_rows_max = 1000000         # most events one compaction merges (held in memory)
+//! keys_max = 1000                    # distinct keys with a column; later ones go to overflow
+//! flush_zstd_level = 3               # 1 to 22
+//! compact_zstd_level = 3             # 1 to 22
 //! [tls]
 //! cert = "client.pem"                # client certificate presented to supervisors
 //! key = "client.key"
@@ -43,6 +55,23 @@ pub const LISTEN_DEFAULT: &str = "127.0.0.1:7800";
 pub const BACKFILL_WORKERS_DEFAULT: usize = 2;
 /// More backfill workers than this only thrash the disk and the supervisors.
 pub const BACKFILL_WORKERS_MAX: usize = 256;
+/// `backfill_workers`: at least one, or history is never read.
+pub const BACKFILL_WORKERS_LIMITS: Limits =
+    Limits { key: "backfill_workers", min: 1, max: BACKFILL_WORKERS_MAX as i64 };
+/// `flush_rows_max`: the buffer holds about 250 bytes an event, so more than this is gigabytes.
+pub const FLUSH_ROWS_MAX_LIMITS: Limits = Limits { key: "flush_rows_max", min: 1, max: 50_000_000 };
+/// `buffer_rows_max`: likewise bounded by memory.
+pub const BUFFER_ROWS_MAX_LIMITS: Limits = Limits { key: "buffer_rows_max", min: 1, max: 100_000_000 };
+/// `compact_inputs_min`: merging fewer than two segments merges nothing.
+pub const COMPACT_INPUTS_MIN_LIMITS: Limits = Limits { key: "compact_inputs_min", min: 2, max: 10_000 };
+/// `compact_rows_max`: one compaction holds its rows decoded in memory.
+pub const COMPACT_ROWS_MAX_LIMITS: Limits = Limits { key: "compact_rows_max", min: 1, max: 100_000_000 };
+/// `keys_max`: past a few thousand columns, Parquet metadata outweighs the data.
+pub const KEYS_MAX_LIMITS: Limits = Limits { key: "keys_max", min: 1, max: 10_000 };
+/// `flush_zstd_level`: the levels the Parquet writer accepts.
+pub const FLUSH_ZSTD_LEVEL_LIMITS: Limits = Limits { key: "flush_zstd_level", min: 1, max: 22 };
+/// `compact_zstd_level`: likewise.
+pub const COMPACT_ZSTD_LEVEL_LIMITS: Limits = Limits { key: "compact_zstd_level", min: 1, max: 22 };
 /// A config file larger than this is not a config file (a wrong path, most likely).
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
 /// Longest source name: it becomes a metric label and the `sluice_source` column.
@@ -78,11 +107,50 @@ pub struct StoreFileConfig {
     /// Size of the backfill pool shared by all sources.
     pub backfill_workers: usize,
     /// Retention by age of receipt, as written (for example `"30d"`).
-    pub retention_age_max: Option<String>,
+    pub retention_age_max: Option<Written>,
     /// Retention by total size, as written (for example `"50GB"`).
-    pub retention_bytes_max: Option<String>,
+    pub retention_bytes_max: Option<Written>,
+    /// Storage tuning (see the module doc); `None` keeps the store's default.
+    pub flush_rows_max: Option<usize>,
+    pub flush_age_max: Option<Written>,
+    pub buffer_rows_max: Option<usize>,
+    pub compact_segment_bytes_small: Option<Written>,
+    pub compact_inputs_min: Option<usize>,
+    pub compact_rows_max: Option<u64>,
+    pub keys_max: Option<usize>,
+    pub flush_zstd_level: Option<i32>,
+    pub compact_zstd_level: Option<i32>,
     /// TLS for the API; required unless `listen` is a loopback address.
     pub api: Option<ApiTls>,
+}
+
+/// A size or duration as written in the file, with its line: the binary parses it with its unit
+/// parsers and, when that fails, still names the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub text: String,
+    /// 1-based.
+    pub line: usize,
+}
+
+/// The allowed range of a whole-number setting; the file and the flags check against the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The key in the file.
+    pub key: &'static str,
+    pub min: i64,
+    pub max: i64,
+}
+
+impl Limits {
+    /// `value` if it is in range; else a message saying what to give instead.
+    pub fn check(&self, value: i64) -> Result<i64, String> {
+        if (self.min..=self.max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("{value} is out of range; give a number from {} to {}", self.min, self.max))
+        }
+    }
 }
 
 /// `[tls]`: what the store presents to supervisors, and the default trust for their certificates.
@@ -208,6 +276,15 @@ struct RawFile {
     backfill_workers: Option<Spanned<i64>>,
     retention_age_max: Option<Spanned<String>>,
     retention_bytes_max: Option<Spanned<String>>,
+    flush_rows_max: Option<Spanned<i64>>,
+    flush_age_max: Option<Spanned<String>>,
+    buffer_rows_max: Option<Spanned<i64>>,
+    compact_segment_bytes_small: Option<Spanned<String>>,
+    compact_inputs_min: Option<Spanned<i64>>,
+    compact_rows_max: Option<Spanned<i64>>,
+    keys_max: Option<Spanned<i64>>,
+    flush_zstd_level: Option<Spanned<i64>>,
+    compact_zstd_level: Option<Spanned<i64>>,
     api: Option<Spanned<RawApi>>,
 }
 
@@ -293,34 +370,41 @@ impl StoreFileConfig {
             ));
         }
 
-        let backfill_workers = match &raw.backfill_workers {
-            None => BACKFILL_WORKERS_DEFAULT,
-            Some(n) => match usize::try_from(*n.get_ref()) {
-                Ok(v) if (1..=BACKFILL_WORKERS_MAX).contains(&v) => v,
-                _ => {
-                    return Err(ctx.invalid(
-                        n.span().start,
-                        format!(
-                            "backfill_workers = {} is out of range; give a number from 1 to {BACKFILL_WORKERS_MAX}",
-                            n.get_ref()
-                        ),
-                    ))
-                }
-            },
+        // Every limit is far below the range of the target types, so the casts below are exact.
+        let count = |value: &Option<Spanned<i64>>, limits: Limits| -> Result<Option<i64>, ConfigError> {
+            value
+                .as_ref()
+                .map(|n| {
+                    limits.check(*n.get_ref()).map_err(|m| ctx.invalid(n.span().start, format!("{} = {m}", limits.key)))
+                })
+                .transpose()
         };
+        let backfill_workers =
+            count(&raw.backfill_workers, BACKFILL_WORKERS_LIMITS)?.map_or(BACKFILL_WORKERS_DEFAULT, |n| n as usize);
+        let flush_rows_max = count(&raw.flush_rows_max, FLUSH_ROWS_MAX_LIMITS)?.map(|n| n as usize);
+        let buffer_rows_max = count(&raw.buffer_rows_max, BUFFER_ROWS_MAX_LIMITS)?.map(|n| n as usize);
+        let compact_inputs_min = count(&raw.compact_inputs_min, COMPACT_INPUTS_MIN_LIMITS)?.map(|n| n as usize);
+        let compact_rows_max = count(&raw.compact_rows_max, COMPACT_ROWS_MAX_LIMITS)?.map(|n| n as u64);
+        let keys_max = count(&raw.keys_max, KEYS_MAX_LIMITS)?.map(|n| n as usize);
+        let flush_zstd_level = count(&raw.flush_zstd_level, FLUSH_ZSTD_LEVEL_LIMITS)?.map(|n| n as i32);
+        let compact_zstd_level = count(&raw.compact_zstd_level, COMPACT_ZSTD_LEVEL_LIMITS)?.map(|n| n as i32);
 
-        let retention = |value: &Option<Spanned<String>>, key: &str| -> Result<Option<String>, ConfigError> {
-            match value {
-                Some(v) if v.get_ref().trim().is_empty() => Err(ctx.invalid(
-                    v.span().start,
-                    format!("{key} is empty; give a value like \"30d\" or \"50GB\", or remove the key"),
-                )),
-                Some(v) => Ok(Some(v.get_ref().clone())),
-                None => Ok(None),
-            }
-        };
-        let retention_age_max = retention(&raw.retention_age_max, "retention_age_max")?;
-        let retention_bytes_max = retention(&raw.retention_bytes_max, "retention_bytes_max")?;
+        let written =
+            |value: &Option<Spanned<String>>, key: &str, example: &str| -> Result<Option<Written>, ConfigError> {
+                match value {
+                    Some(v) if v.get_ref().trim().is_empty() => Err(ctx.invalid(
+                        v.span().start,
+                        format!("{key} is empty; give a value like {example:?}, or remove the key"),
+                    )),
+                    Some(v) => Ok(Some(Written { text: v.get_ref().clone(), line: line_of(text, v.span().start) })),
+                    None => Ok(None),
+                }
+            };
+        let retention_age_max = written(&raw.retention_age_max, "retention_age_max", "30d")?;
+        let retention_bytes_max = written(&raw.retention_bytes_max, "retention_bytes_max", "50GB")?;
+        let flush_age_max = written(&raw.flush_age_max, "flush_age_max", "60s")?;
+        let compact_segment_bytes_small =
+            written(&raw.compact_segment_bytes_small, "compact_segment_bytes_small", "32MiB")?;
 
         let tls = match &raw.tls {
             Some(tls) => {
@@ -409,6 +493,15 @@ impl StoreFileConfig {
             backfill_workers,
             retention_age_max,
             retention_bytes_max,
+            flush_rows_max,
+            flush_age_max,
+            buffer_rows_max,
+            compact_segment_bytes_small,
+            compact_inputs_min,
+            compact_rows_max,
+            keys_max,
+            flush_zstd_level,
+            compact_zstd_level,
             api,
         })
     }
@@ -534,6 +627,7 @@ url = "https://127.0.0.1:7701"
         assert_eq!((s.cert.clone(), s.key.clone()), (d.join("client.pem"), d.join("client.key")));
         assert_eq!(c.api, None);
         assert_eq!(c.retention_age_max, None);
+        assert_eq!((c.flush_rows_max, c.flush_age_max, c.keys_max, c.compact_zstd_level), (None, None, None, None));
     }
 
     #[test]
@@ -545,6 +639,15 @@ listen = "0.0.0.0:7800"
 backfill_workers = 5
 retention_age_max = "30d"
 retention_bytes_max = "50GB"
+flush_rows_max = 1000
+flush_age_max = "2s"
+buffer_rows_max = 4000
+compact_segment_bytes_small = "1MiB"
+compact_inputs_min = 2
+compact_rows_max = 50000
+keys_max = 10
+flush_zstd_level = 1
+compact_zstd_level = 22
 [api]
 tls_cert = "api.pem"
 tls_key = "api.key"
@@ -566,8 +669,16 @@ fingerprint = "{FP}"
         let d = tmp.path();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/sluice"));
         assert_eq!(c.backfill_workers, 5);
-        assert_eq!(c.retention_age_max.as_deref(), Some("30d"));
-        assert_eq!(c.retention_bytes_max.as_deref(), Some("50GB"));
+        let written = |text: &str, line| Some(Written { text: text.into(), line });
+        assert_eq!(c.retention_age_max, written("30d", 4));
+        assert_eq!(c.retention_bytes_max, written("50GB", 5));
+        assert_eq!(c.flush_age_max, written("2s", 7));
+        assert_eq!(c.compact_segment_bytes_small, written("1MiB", 9));
+        assert_eq!(
+            (c.flush_rows_max, c.buffer_rows_max, c.compact_inputs_min, c.compact_rows_max, c.keys_max),
+            (Some(1000), Some(4000), Some(2), Some(50_000), Some(10))
+        );
+        assert_eq!((c.flush_zstd_level, c.compact_zstd_level), (Some(1), Some(22)));
         assert_eq!(c.api, Some(ApiTls { tls_cert: d.join("api.pem"), tls_key: d.join("api.key") }));
         assert_eq!(c.sources[0].endpoint, Endpoint { host: "::1".into(), port: 7701, base_path: String::new() });
         assert_eq!(c.sources[0].endpoint.authority(), "[::1]:7701");
@@ -595,6 +706,21 @@ fingerprint = "{FP}"
         ("api file missing", "data_dir = \"x\"\n[api]\ntls_cert = \"nope.pem\"\ntls_key = \"api.key\"\n", 3, "nope.pem does not exist"),
         ("empty data_dir", "data_dir = \"\"\n", 1, "data_dir is empty; give a path"),
         ("empty retention", "data_dir = \"x\"\nretention_age_max = \" \"\n", 2, "retention_age_max is empty"),
+        ("flush rows zero", "data_dir = \"x\"\nflush_rows_max = 0\n", 2, "flush_rows_max = 0 is out of range; give a number from 1 to 50000000"),
+        ("flush rows huge", "data_dir = \"x\"\n\nflush_rows_max = 9999999999\n", 3, "flush_rows_max = 9999999999 is out of range"),
+        ("flush rows as text", "data_dir = \"x\"\nflush_rows_max = \"1k\"\n", 2, "give a value of the type asked for"),
+        ("empty flush age", "data_dir = \"x\"\nflush_age_max = \"\"\n", 2, "flush_age_max is empty; give a value like \"60s\""),
+        ("flush age as number", "data_dir = \"x\"\nflush_age_max = 60\n", 2, "give a value of the type asked for"),
+        ("buffer rows zero", "data_dir = \"x\"\nbuffer_rows_max = 0\n", 2, "buffer_rows_max = 0 is out of range; give a number from 1 to 100000000"),
+        ("empty small segment size", "data_dir = \"x\"\ncompact_segment_bytes_small = \" \"\n", 2, "compact_segment_bytes_small is empty; give a value like \"32MiB\""),
+        ("one compaction input", "data_dir = \"x\"\ncompact_inputs_min = 1\n", 2, "compact_inputs_min = 1 is out of range; give a number from 2 to 10000"),
+        ("compact rows negative", "data_dir = \"x\"\ncompact_rows_max = -1\n", 2, "compact_rows_max = -1 is out of range; give a number from 1 to 100000000"),
+        ("no keys", "data_dir = \"x\"\nkeys_max = 0\n", 2, "keys_max = 0 is out of range; give a number from 1 to 10000"),
+        ("flush zstd level zero", "data_dir = \"x\"\nflush_zstd_level = 0\n", 2, "flush_zstd_level = 0 is out of range; give a number from 1 to 22"),
+        ("compact zstd level high", "data_dir = \"x\"\n\n\ncompact_zstd_level = 23\n", 4, "compact_zstd_level = 23 is out of range; give a number from 1 to 22"),
+        ("zstd level as float", "data_dir = \"x\"\ncompact_zstd_level = 3.5\n", 2, "give a value of the type asked for"),
+        ("tuning key misspelt", "data_dir = \"x\"\nflush_row_max = 10\n", 2, "unknown field `flush_row_max`, expected one of `data_dir`"),
+        ("tuning key in a table", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nkeys_max = 10\n", 5, "unknown field `keys_max`"),
         ("cert missing", "data_dir = \"x\"\n[tls]\ncert = \"missing.pem\"\nkey = \"client.key\"\n", 3, "tls.cert: "),
         ("http url", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"http://h:1\"\n", 8, "supervisors serve only https://"),
         ("no scheme", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"h:1\"\n", 8, "has no scheme"),
@@ -619,6 +745,40 @@ fingerprint = "{FP}"
             assert!(message.starts_with(&prefix), "{what}: expected line {line}: {message}");
             assert!(message.contains(expected), "{what}: {message}");
             assert!(!message.ends_with('.'), "{what}: {message}");
+        }
+    }
+
+    const ALL_LIMITS: [Limits; 8] = [
+        BACKFILL_WORKERS_LIMITS,
+        FLUSH_ROWS_MAX_LIMITS,
+        BUFFER_ROWS_MAX_LIMITS,
+        COMPACT_INPUTS_MIN_LIMITS,
+        COMPACT_ROWS_MAX_LIMITS,
+        KEYS_MAX_LIMITS,
+        FLUSH_ZSTD_LEVEL_LIMITS,
+        COMPACT_ZSTD_LEVEL_LIMITS,
+    ];
+
+    #[test]
+    fn every_whole_number_setting_is_checked_at_both_ends() {
+        let (_tmp, path) = dir_with_files();
+        for l in ALL_LIMITS {
+            for ok in [l.min, l.max] {
+                let text = format!("data_dir = \"x\"\n{} = {ok}\n", l.key);
+                StoreFileConfig::parse(&text, &path).unwrap_or_else(|e| panic!("{}: {e}", l.key));
+            }
+            for bad in [l.min - 1, l.max + 1] {
+                let text = format!("data_dir = \"x\"\n{} = {bad}\n", l.key);
+                let message = StoreFileConfig::parse(&text, &path).unwrap_err().to_string();
+                let expected = format!(
+                    "{}:2: {} = {bad} is out of range; give a number from {} to {}",
+                    path.display(),
+                    l.key,
+                    l.min,
+                    l.max
+                );
+                assert_eq!(message, expected);
+            }
         }
     }
 

@@ -153,6 +153,10 @@ pub struct StoreConfig {
     /// refuses all further work, leaving the files as a crash there would).
     #[doc(hidden)]
     pub fail_at: Option<FailPoint>,
+    /// Testing only: at this point the process aborts on the spot (no flush, no cleanup), as a
+    /// `kill -9` would end it; for crash tests of the real binary.
+    #[doc(hidden)]
+    pub abort_at: Option<FailPoint>,
 }
 
 impl StoreConfig {
@@ -172,11 +176,13 @@ impl StoreConfig {
             compact_zstd_level: COMPACT_ZSTD_LEVEL_DEFAULT,
             maintenance: true,
             fail_at: None,
+            abort_at: None,
         }
     }
 }
 
-/// Points where a test can make the store "crash" (see [`StoreConfig::fail_at`]).
+/// Points where a test can make the store "crash" (see [`StoreConfig::fail_at`] and
+/// [`StoreConfig::abort_at`]).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailPoint {
@@ -917,6 +923,9 @@ fn sweep_leftovers(dir: &Path, manifest: &Manifest) -> Result<u64, StoreError> {
 }
 
 fn poison_on(inner: &Inner, point: FailPoint) -> Result<(), StoreError> {
+    if inner.cfg.abort_at == Some(point) {
+        std::process::abort();
+    }
     if inner.cfg.fail_at == Some(point) {
         lock(&inner.state).poisoned = Some(format!("injected failure at {point:?}"));
         return Err(StoreError::Injected(point));

@@ -1,15 +1,29 @@
 //! `sluice store`: config file (+ flag/env overrides) -> storage, pullers and the ops listener.
+//!
+//! Every top-level setting of the file is also a flag and an environment variable
+//! (`SLUICE_STORE_` and the key in capitals); a flag or variable wins over the file.
+//!
+//! One hidden switch exists for crash tests of this binary: `SLUICE_STORE_CRASH_AT=<point>` makes
+//! the process abort (as `kill -9` would end it: no flush, no cleanup) the first time the store
+//! reaches that point. The points are `flush_after_segments`, `flush_after_manifest`,
+//! `compact_after_output`, `compact_after_manifest` and `retention_after_manifest` (see
+//! `sluice_store::FailPoint`). It is not a flag, so no help text or config file can offer it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use sluice_api::ops::{serve_ops, OpsState};
+use sluice_pull::config::{
+    Limits, Written, BACKFILL_WORKERS_LIMITS, BUFFER_ROWS_MAX_LIMITS, COMPACT_INPUTS_MIN_LIMITS,
+    COMPACT_ROWS_MAX_LIMITS, COMPACT_ZSTD_LEVEL_LIMITS, FLUSH_ROWS_MAX_LIMITS, FLUSH_ZSTD_LEVEL_LIMITS,
+    KEYS_MAX_LIMITS,
+};
 use sluice_pull::{PullMetrics, StoreFileConfig};
-use sluice_store::{Store, StoreConfig};
+use sluice_store::{FailPoint, Store, StoreConfig};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::units::{parse_bytes, parse_duration};
@@ -24,13 +38,27 @@ use crate::units::{parse_bytes, parse_duration};
 #[command(after_help = "Configuration file (TOML):\n  \
 data_dir = \"store-data\"\n  \
 listen = \"127.0.0.1:7800\"        # /metrics and /healthz (loopback)\n  \
+backfill_workers = 2             # optional, as is every setting down to [tls]\n  \
+retention_age_max = \"30d\"        # by receive time\n  \
+retention_bytes_max = \"100GiB\"   # total size of the live segments\n  \
+flush_rows_max = 500000          # buffered events that trigger a flush into segments\n  \
+flush_age_max = \"60s\"            # oldest buffered event's age that triggers a flush\n  \
+buffer_rows_max = 2000000        # commits wait while the buffer holds this many events\n  \
+compact_segment_bytes_small = \"32MiB\"  # smaller segments are merged by compaction\n  \
+compact_inputs_min = 4           # small segments of one hour that trigger a compaction\n  \
+compact_rows_max = 1000000       # most events one compaction merges (held in memory)\n  \
+keys_max = 1000                  # distinct keys with a column; later ones go to overflow\n  \
+flush_zstd_level = 3             # 1 to 22\n  \
+compact_zstd_level = 3           # 1 to 22\n  \
 [tls]\n  \
 cert = \"client.pem\"              # client certificate presented to supervisors\n  \
 key = \"client.key\"\n  \
 ca = \"ca.pem\"                    # trust for the supervisors' server certificates\n  \
 [[source]]\n  \
 name = \"web-1\"\n  \
-url = \"https://127.0.0.1:7701\"   # optional: ca = \"…\" or fingerprint = \"sha256:…\"")]
+url = \"https://127.0.0.1:7701\"   # optional: ca = \"…\" or fingerprint = \"sha256:…\"\n\n\
+Each top-level setting is also a flag (see above) and an environment variable (SLUICE_STORE_ and\n\
+the key in capitals, e.g. SLUICE_STORE_FLUSH_ROWS_MAX); a flag or variable wins over the file.")]
 pub struct Args {
     /// The configuration file.
     #[arg(long, env = "SLUICE_STORE_CONFIG", value_name = "FILE")]
@@ -42,48 +70,156 @@ pub struct Args {
     #[arg(long, env = "SLUICE_STORE_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// Overrides `backfill_workers`: chunks fetched from history at once, over all sources.
-    #[arg(long, env = "SLUICE_STORE_BACKFILL_WORKERS", value_name = "N")]
+    #[arg(long, env = "SLUICE_STORE_BACKFILL_WORKERS", value_name = "N", value_parser = in_range::<usize>(BACKFILL_WORKERS_LIMITS))]
     backfill_workers: Option<usize>,
     /// Overrides `retention_age_max` (age of receipt, e.g. 30d).
-    #[arg(long, env = "SLUICE_STORE_RETENTION_AGE_MAX", value_name = "DURATION")]
-    retention_age_max: Option<String>,
+    #[arg(long, env = "SLUICE_STORE_RETENTION_AGE_MAX", value_name = "DURATION", value_parser = parse_duration)]
+    retention_age_max: Option<Duration>,
     /// Overrides `retention_bytes_max` (e.g. 50GB).
-    #[arg(long, env = "SLUICE_STORE_RETENTION_BYTES_MAX", value_name = "BYTES")]
-    retention_bytes_max: Option<String>,
+    #[arg(long, env = "SLUICE_STORE_RETENTION_BYTES_MAX", value_name = "BYTES", value_parser = parse_bytes)]
+    retention_bytes_max: Option<u64>,
+    /// Overrides `flush_rows_max`: buffered events that trigger a flush into segments.
+    #[arg(long, env = "SLUICE_STORE_FLUSH_ROWS_MAX", value_name = "N", value_parser = in_range::<usize>(FLUSH_ROWS_MAX_LIMITS))]
+    flush_rows_max: Option<usize>,
+    /// Overrides `flush_age_max`: the oldest buffered event's age that triggers a flush (e.g. 60s).
+    #[arg(long, env = "SLUICE_STORE_FLUSH_AGE_MAX", value_name = "DURATION", value_parser = parse_flush_age)]
+    flush_age_max: Option<Duration>,
+    /// Overrides `buffer_rows_max`: commits wait while the buffer holds this many events.
+    #[arg(long, env = "SLUICE_STORE_BUFFER_ROWS_MAX", value_name = "N", value_parser = in_range::<usize>(BUFFER_ROWS_MAX_LIMITS))]
+    buffer_rows_max: Option<usize>,
+    /// Overrides `compact_segment_bytes_small`: segments below this size are merged (e.g. 32MiB).
+    #[arg(long, env = "SLUICE_STORE_COMPACT_SEGMENT_BYTES_SMALL", value_name = "BYTES", value_parser = parse_bytes)]
+    compact_segment_bytes_small: Option<u64>,
+    /// Overrides `compact_inputs_min`: small segments of one hour that trigger a compaction.
+    #[arg(long, env = "SLUICE_STORE_COMPACT_INPUTS_MIN", value_name = "N", value_parser = in_range::<usize>(COMPACT_INPUTS_MIN_LIMITS))]
+    compact_inputs_min: Option<usize>,
+    /// Overrides `compact_rows_max`: the most events one compaction merges (held in memory).
+    #[arg(long, env = "SLUICE_STORE_COMPACT_ROWS_MAX", value_name = "N", value_parser = in_range::<u64>(COMPACT_ROWS_MAX_LIMITS))]
+    compact_rows_max: Option<u64>,
+    /// Overrides `keys_max`: distinct keys with a column; later keys go to the overflow column.
+    #[arg(long, env = "SLUICE_STORE_KEYS_MAX", value_name = "N", value_parser = in_range::<usize>(KEYS_MAX_LIMITS))]
+    keys_max: Option<usize>,
+    /// Overrides `flush_zstd_level` (1 to 22) of freshly flushed segments.
+    #[arg(long, env = "SLUICE_STORE_FLUSH_ZSTD_LEVEL", value_name = "LEVEL", value_parser = in_range::<i32>(FLUSH_ZSTD_LEVEL_LIMITS))]
+    flush_zstd_level: Option<i32>,
+    /// Overrides `compact_zstd_level` (1 to 22) of compacted segments.
+    #[arg(long, env = "SLUICE_STORE_COMPACT_ZSTD_LEVEL", value_name = "LEVEL", value_parser = in_range::<i32>(COMPACT_ZSTD_LEVEL_LIMITS))]
+    compact_zstd_level: Option<i32>,
 }
 
 /// How long pullers may take to stop before the store is closed anyway.
 const STOP_PULLERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// The hidden crash switch for tests (see the module doc).
+const CRASH_AT_ENV: &str = "SLUICE_STORE_CRASH_AT";
+
+/// A flag parser for a whole number within `limits` (the ones the config file is checked with).
+fn in_range<T: TryFrom<i64>>(limits: Limits) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let n: i64 = s.trim().parse().map_err(|_| format!("{s:?} is not a whole number"))?;
+        let n = limits.check(n)?;
+        T::try_from(n).map_err(|_| format!("{n} is too large for this machine"))
+    }
+}
+
+/// A flush age of zero would flush on every maintenance tick, one tiny segment each time.
+fn parse_flush_age(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} is zero; give a duration like 60s")),
+        d => Ok(d),
+    }
+}
+
+/// The flag's value if given, else the file's, parsed here so that an error names its line.
+fn setting<T>(
+    flag: Option<T>,
+    file: &Option<Written>,
+    path: &Path,
+    key: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    match (flag, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(w)) => {
+            parse(&w.text).map(Some).map_err(|e| anyhow::anyhow!("{}:{}: {key}: {e}", path.display(), w.line))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `SLUICE_STORE_CRASH_AT`, if set.
+fn crash_point() -> anyhow::Result<Option<FailPoint>> {
+    let Ok(name) = std::env::var(CRASH_AT_ENV) else { return Ok(None) };
+    let point = match name.as_str() {
+        "flush_after_segments" => FailPoint::FlushAfterSegments,
+        "flush_after_manifest" => FailPoint::FlushAfterManifest,
+        "compact_after_output" => FailPoint::CompactAfterOutput,
+        "compact_after_manifest" => FailPoint::CompactAfterManifest,
+        "retention_after_manifest" => FailPoint::RetentionAfterManifest,
+        other => anyhow::bail!(
+            "{CRASH_AT_ENV}={other:?} is not a crash point; use flush_after_segments, flush_after_manifest, \
+             compact_after_output, compact_after_manifest or retention_after_manifest, or unset it"
+        ),
+    };
+    Ok(Some(point))
+}
+
+/// The file's settings with the flags (and environment variables) over them.
+fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfig> {
+    let path = cfg.path.as_path();
+    let mut c = StoreConfig::new(&cfg.data_dir);
+    c.retention_age_max =
+        setting(args.retention_age_max, &cfg.retention_age_max, path, "retention_age_max", parse_duration)?
+            .unwrap_or(c.retention_age_max);
+    c.retention_bytes_max =
+        setting(args.retention_bytes_max, &cfg.retention_bytes_max, path, "retention_bytes_max", parse_bytes)?
+            .unwrap_or(c.retention_bytes_max);
+    c.flush_age_max = setting(args.flush_age_max, &cfg.flush_age_max, path, "flush_age_max", parse_flush_age)?
+        .unwrap_or(c.flush_age_max);
+    c.compact_segment_bytes_small = setting(
+        args.compact_segment_bytes_small,
+        &cfg.compact_segment_bytes_small,
+        path,
+        "compact_segment_bytes_small",
+        parse_bytes,
+    )?
+    .unwrap_or(c.compact_segment_bytes_small);
+    c.flush_rows_max = args.flush_rows_max.or(cfg.flush_rows_max).unwrap_or(c.flush_rows_max);
+    c.buffer_rows_max = args.buffer_rows_max.or(cfg.buffer_rows_max).unwrap_or(c.buffer_rows_max);
+    c.compact_inputs_min = args.compact_inputs_min.or(cfg.compact_inputs_min).unwrap_or(c.compact_inputs_min);
+    c.compact_rows_max = args.compact_rows_max.or(cfg.compact_rows_max).unwrap_or(c.compact_rows_max);
+    c.keys_max = args.keys_max.or(cfg.keys_max).unwrap_or(c.keys_max);
+    c.flush_zstd_level = args.flush_zstd_level.or(cfg.flush_zstd_level).unwrap_or(c.flush_zstd_level);
+    c.compact_zstd_level = args.compact_zstd_level.or(cfg.compact_zstd_level).unwrap_or(c.compact_zstd_level);
+    anyhow::ensure!(
+        c.buffer_rows_max >= c.flush_rows_max,
+        "buffer_rows_max {} is below flush_rows_max {} (from {} and the flags), so commits would stall until \
+         every flush age; raise buffer_rows_max or lower flush_rows_max",
+        c.buffer_rows_max,
+        c.flush_rows_max,
+        path.display()
+    );
+    c.abort_at = crash_point()?;
+    Ok(c)
+}
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut cfg = StoreFileConfig::load(&args.config)?;
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = d.clone();
     }
     if let Some(l) = args.listen {
         cfg.listen = l;
     }
     if let Some(n) = args.backfill_workers {
-        anyhow::ensure!((1..=256).contains(&n), "--backfill-workers {n} must be between 1 and 256");
         cfg.backfill_workers = n;
     }
-    cfg.retention_age_max = args.retention_age_max.or(cfg.retention_age_max);
-    cfg.retention_bytes_max = args.retention_bytes_max.or(cfg.retention_bytes_max);
     anyhow::ensure!(
         cfg.listen.ip().is_loopback(),
         "{}: listen {} is not a loopback address; the store serves plain HTTP only on loopback (127.0.0.1 or ::1) for now",
         cfg.path.display(),
         cfg.listen
     );
-    let mut store_cfg = StoreConfig::new(&cfg.data_dir);
-    if let Some(s) = &cfg.retention_age_max {
-        store_cfg.retention_age_max =
-            parse_duration(s).map_err(|e| anyhow::anyhow!("{}: retention_age_max: {e}", cfg.path.display()))?;
-    }
-    if let Some(s) = &cfg.retention_bytes_max {
-        store_cfg.retention_bytes_max =
-            parse_bytes(s).map_err(|e| anyhow::anyhow!("{}: retention_bytes_max: {e}", cfg.path.display()))?;
-    }
+    let store_cfg = store_config(&args, &cfg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod store_faults;
 mod support;
 
 use support::*;
@@ -239,6 +240,103 @@ fn bad_flags_get_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sluice certs"), "{err}");
     assert!(!dir.path().join("x").exists(), "a refused start touches no disk");
+}
+
+/// A refused `sluice store` start: file lines after `data_dir` and `listen`, flags, environment,
+/// the line the error names (if it names one) and what it must say.
+struct RefusedStart {
+    file: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    line: Option<usize>,
+    says: &'static str,
+}
+
+const REFUSED_STARTS: &[RefusedStart] = &[
+    RefusedStart {
+        file: "\nflush_age_max = \"soon\"\n",
+        args: &[],
+        env: &[],
+        line: Some(4),
+        says: "flush_age_max: \"soon\" is not a duration",
+    },
+    RefusedStart {
+        file: "compact_segment_bytes_small = \"1 parsec\"\n",
+        args: &[],
+        env: &[],
+        line: Some(3),
+        says: "compact_segment_bytes_small: unknown size unit",
+    },
+    RefusedStart {
+        file: "flush_zstd_level = 30\n",
+        args: &[],
+        env: &[],
+        line: Some(3),
+        says: "flush_zstd_level = 30 is out of range; give a number from 1 to 22",
+    },
+    RefusedStart {
+        file: "flush_rows_max = 5000\n",
+        args: &["--buffer-rows-max", "10"],
+        env: &[],
+        line: None,
+        says: "buffer_rows_max 10 is below flush_rows_max 5000",
+    },
+    RefusedStart {
+        file: "",
+        args: &["--compact-inputs-min", "1"],
+        env: &[],
+        line: None,
+        says: "'--compact-inputs-min <N>': 1 is out of range; give a number from 2 to 10000",
+    },
+    RefusedStart {
+        file: "",
+        args: &["--flush-age-max", "0s"],
+        env: &[],
+        line: None,
+        says: "\"0s\" is zero; give a duration like 60s",
+    },
+    RefusedStart {
+        file: "",
+        args: &[],
+        env: &[("SLUICE_STORE_KEYS_MAX", "many")],
+        line: None,
+        says: "'--keys-max <N>': \"many\" is not a whole number",
+    },
+    RefusedStart {
+        file: "",
+        args: &[],
+        env: &[("SLUICE_STORE_CRASH_AT", "now")],
+        line: None,
+        says: "SLUICE_STORE_CRASH_AT=\"now\" is not a crash point",
+    },
+];
+
+#[test]
+fn store_settings_errors_name_the_flag_variable_or_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("store.toml");
+    let data = dir.path().join("store-data");
+    for case in REFUSED_STARTS {
+        let what = format!("{:?} {:?} {:?}", case.file, case.args, case.env);
+        let text = format!("data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n{}", data.display(), case.file);
+        std::fs::write(&config, text).unwrap();
+        let out = sluice()
+            .arg("store")
+            .arg("--config")
+            .arg(&config)
+            .args(case.args)
+            .envs(case.env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{what} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(case.says), "{what}: expected {:?} in\n{err}", case.says);
+        if let Some(line) = case.line {
+            let at = format!("{}:{line}: {}", config.display(), case.says);
+            assert!(err.contains(&at), "{what}: expected {at:?} in\n{err}");
+        }
+    }
+    assert!(!data.exists(), "a refused start touches no disk");
 }
 
 /// `curl` with a client certificate from `certs`, as the README shows.

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,10 +38,15 @@ fn signal_child(child: &Child, sig: i32) {
 
 /// Wait (with the deadline) for a child to exit; its exit code, or -1 for a signal.
 fn wait_exit(child: &mut Child, what: &str) -> i32 {
+    wait_status(child, what).code().unwrap_or(-1)
+}
+
+/// Wait (with the deadline) for a child to exit; how it ended.
+fn wait_status(child: &mut Child, what: &str) -> ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code().unwrap_or(-1);
+            return status;
         }
         assert!(start.elapsed() < DEADLINE, "{what} did not exit");
         std::thread::sleep(Duration::from_millis(20));
@@ -194,6 +200,22 @@ pub fn gen_output(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// `sluice store --config CONFIG ARGS...` with `env` set, and no core file if it aborts (a crash
+/// test makes it abort on purpose).
+fn store_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = sluice();
+    cmd.arg("store").arg("--config").arg(config).args(args).envs(env.iter().copied());
+    // SAFETY: setrlimit(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// A running `sluice store`.
 pub struct StoreProc {
     pub child: Child,
@@ -203,23 +225,30 @@ pub struct StoreProc {
 
 impl StoreProc {
     pub fn start(config: &Path) -> StoreProc {
-        let mut cmd = sluice();
-        cmd.arg("store").arg("--config").arg(config);
+        StoreProc::start_with(config, &[], &[])
+    }
+
+    /// Start with extra flags and environment variables, and wait for the ready line.
+    pub fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> StoreProc {
+        let cmd = store_command(config, args, env);
         let (child, ready, rx) = spawn_until_ready(cmd, "sluice store: ready");
         let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("listen=")).expect("listen=").to_string();
         StoreProc { child, listen, _stderr: rx }
     }
 
-    /// One metric value from /metrics (None if the scrape or the metric is missing).
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        let out = Command::new("curl")
+    /// The whole /metrics page (empty if the scrape fails).
+    pub fn metrics(&self) -> String {
+        Command::new("curl")
             .args(["-sS", "--max-time", "10", &format!("http://{}/metrics", self.listen)])
             .output()
-            .ok()?;
-        let text = String::from_utf8(out.stdout).ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .unwrap_or_default()
+    }
+
+    /// One metric value from /metrics (None if the scrape or the metric is missing).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        metric_in(&self.metrics(), name)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -229,6 +258,82 @@ impl StoreProc {
     pub fn wait(&mut self) -> i32 {
         wait_exit(&mut self.child, "store")
     }
+
+    /// Wait for exit; how it ended (a signal included).
+    pub fn wait_status(&mut self) -> ExitStatus {
+        wait_status(&mut self.child, "store")
+    }
+}
+
+/// One metric value (`name` with its labels, if any) in a /metrics page.
+pub fn metric_in(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Run `sluice store` until it ends by itself (within the deadline): how it ended and its stderr.
+pub fn run_store_until_exit(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    let mut child = store_command(config, args, env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice store");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the store did not end by itself; stderr:\n{}", reader.join().expect("stderr reader"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+/// Paths (relative to `store_dir`, `/`-separated) of the live segments `manifest.json` lists.
+pub fn manifest_segments(store_dir: &Path) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(store_dir.join("manifest.json")).expect("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest.json is JSON");
+    manifest["segments"]
+        .as_array()
+        .expect("a segments array")
+        .iter()
+        .map(|s| s["path"].as_str().expect("a segment path").to_string())
+        .collect()
+}
+
+/// Files under `store_dir/segments/` that the manifest does not list (crash leftovers).
+pub fn unlisted_segment_files(store_dir: &Path) -> Vec<String> {
+    let live = manifest_segments(store_dir);
+    let mut out = Vec::new();
+    let mut stack = vec![store_dir.join("segments")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read segments dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(store_dir).expect("below the store dir");
+            let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            let rel = rel.join("/");
+            if !live.contains(&rel) {
+                out.push(rel);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for StoreProc {
@@ -240,6 +345,12 @@ impl Drop for StoreProc {
 
 /// The event ids of every line in a supervisor's data directory, computed from the chunk files.
 pub fn expected_ids(data_dir: &Path) -> std::collections::HashSet<u128> {
+    expected_ids_while(data_dir, |_| true)
+}
+
+/// The event ids of the lines of a supervisor's data directory, in order, as long as `keep` says
+/// yes (it sees each line without its newline).
+pub fn expected_ids_while(data_dir: &Path, mut keep: impl FnMut(&[u8]) -> bool) -> std::collections::HashSet<u128> {
     let stream = std::fs::read_to_string(data_dir.join("stream-id")).expect("stream-id");
     let stream = u128::from_str_radix(stream.trim(), 16).expect("hex stream id");
     let mut ids = std::collections::HashSet::new();
@@ -247,8 +358,11 @@ pub fn expected_ids(data_dir: &Path) -> std::collections::HashSet<u128> {
         let chunk = id.to_string();
         let mut offset = 0u64;
         for line in bytes.split_inclusive(|&b| b == b'\n') {
-            if line.ends_with(b"\n") {
-                ids.insert(sluice_event::event_id(stream, &chunk, offset, &line[..line.len() - 1]));
+            if let Some(line) = line.strip_suffix(b"\n") {
+                if !keep(line) {
+                    return ids;
+                }
+                ids.insert(sluice_event::event_id(stream, &chunk, offset, line));
             }
             offset += line.len() as u64;
         }
@@ -256,29 +370,32 @@ pub fn expected_ids(data_dir: &Path) -> std::collections::HashSet<u128> {
     ids
 }
 
-/// Read every live segment listed in the store's manifest with DuckDB (an independent Parquet
-/// reader): returns (rows, the sluice_id of each row).
-pub fn duckdb_ids(store_dir: &Path) -> (u64, Vec<u128>) {
-    let manifest = std::fs::read_to_string(store_dir.join("manifest.json")).expect("manifest.json");
+/// Run `sql` with DuckDB over a view `e` of the live segments listed in the store's manifest; each
+/// result row as its values joined by tabs. No live segment: no rows.
+pub fn duckdb_query(store_dir: &Path, sql: &str) -> Vec<String> {
     let script = r#"
 import duckdb, json, sys
 d = sys.argv[1]
 m = json.load(open(d + "/manifest.json"))
 paths = [d + "/" + s["path"] for s in m["segments"]]
 if not paths:
-    print(0); sys.exit(0)
+    sys.exit(0)
 con = duckdb.connect()
-rows = con.execute("SELECT hex(sluice_id) FROM read_parquet(?, hive_partitioning=true, union_by_name=true)", [paths]).fetchall()
-print(len(rows))
-for (h,) in rows:
-    print(h)
+con.execute("CREATE VIEW e AS SELECT * FROM read_parquet(%r, hive_partitioning=true, union_by_name=true)" % paths)
+for row in con.execute(sys.argv[2]).fetchall():
+    print("\t".join(str(v) for v in row))
 "#;
-    assert!(manifest.contains("\"segments\""));
-    let out = Command::new("python3").arg("-c").arg(script).arg(store_dir).output().expect("python3");
+    let out = Command::new("python3").arg("-c").arg(script).arg(store_dir).arg(sql).output().expect("python3");
     assert!(out.status.success(), "duckdb failed (pip install duckdb): {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let mut lines = text.lines();
-    let rows: u64 = lines.next().expect("row count").parse().expect("number");
-    let ids = lines.map(|h| u128::from_str_radix(h, 16).expect("hex id")).collect();
-    (rows, ids)
+    String::from_utf8(out.stdout).expect("utf-8").lines().map(str::to_string).collect()
+}
+
+/// Read every live segment listed in the store's manifest with DuckDB (an independent Parquet
+/// reader): returns (rows, the sluice_id of each row).
+pub fn duckdb_ids(store_dir: &Path) -> (u64, Vec<u128>) {
+    let ids: Vec<u128> = duckdb_query(store_dir, "SELECT hex(sluice_id) FROM e")
+        .iter()
+        .map(|h| u128::from_str_radix(h, 16).expect("hex id"))
+        .collect();
+    (ids.len() as u64, ids)
 }
