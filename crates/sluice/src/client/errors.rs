@@ -229,15 +229,21 @@ mod tests {
         );
         let e = ApiError::new(StatusCode::FORBIDDEN, br#"{"error":"role viewer required"}"#, None);
         assert_eq!(e.exit_code(), EXIT_USAGE);
-        assert!(e.render(None, true, URL).starts_with("sluice: error: the token's role does not allow this (403: role viewer required); "));
+        assert!(e
+            .render(None, true, URL)
+            .starts_with("sluice: error: the token's role does not allow this (403: role viewer required); "));
     }
 
     #[test]
     fn other_statuses() {
         let busy = ApiError::new(StatusCode::TOO_MANY_REQUESTS, br#"{"error":"too many queries"}"#, Some("1"));
-        assert_eq!(busy.render(None, true, URL), "sluice: error: the store is busy (429: too many queries); try again in 1 s");
+        assert_eq!(
+            busy.render(None, true, URL),
+            "sluice: error: the store is busy (429: too many queries); try again in 1 s"
+        );
         assert_eq!(busy.exit_code(), EXIT_QUERY);
-        let late = ApiError::new(StatusCode::REQUEST_TIMEOUT, br#"{"error":"query exceeded the time limit of 30s"}"#, None);
+        let late =
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, br#"{"error":"query exceeded the time limit of 30s"}"#, None);
         assert_eq!(
             late.render(Some("x"), true, URL),
             "sluice: error: query exceeded the time limit of 30s (408); narrow the time range or add filters"

@@ -131,7 +131,9 @@ impl Client {
         let authorization = match token {
             Some(t) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    anyhow::anyhow!("the token holds characters an HTTP header cannot carry; check --token or the token file")
+                    anyhow::anyhow!(
+                        "the token holds characters an HTTP header cannot carry; check --token or the token file"
+                    )
                 })?;
                 v.set_sensitive(true);
                 Some(v)
@@ -186,10 +188,10 @@ impl Client {
             match &self.tls {
                 None => self.exchange(tcp, request).await,
                 Some((connector, name)) => {
-                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| HttpError::Tls {
-                        url: self.url.clone(),
-                        reason: error_chain(&e),
-                    })?;
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| HttpError::Tls { url: self.url.clone(), reason: error_chain(&e) })?;
                     self.exchange(tls, request).await
                 }
             }

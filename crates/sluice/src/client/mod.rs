@@ -45,11 +45,12 @@ const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(30);
 /// Longest token file read; a token is a line.
 const TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
 
-const CONNECTION_HELP: &str = "\
-Connection:
+const ENVIRONMENT_HELP: &str = "\
+Environment:
   SLUICE_URL, SLUICE_TOKEN (or SLUICE_TOKEN_FILE) and SLUICE_CA stand for --url, --token,
-  --token-file and --ca; `sluice demo` prints export lines for them.
+  --token-file and --ca; `sluice demo` prints export lines for them.";
 
+const ROWS_HELP: &str = "\
 Output (--output): a table when stdout is a terminal, NDJSON otherwise; json is one array of row
 objects, csv a header line and RFC 4180 rows. After the rows a summary of the scan goes to stderr
 (always for a table, otherwise only when stderr is a terminal), with a warning if the store cut
@@ -57,6 +58,10 @@ the result at its row limit. A spinner shows on stderr when a query runs longer 
 
 Exit status: 0 rows printed, 1 the store refused or failed the query, 2 usage, token or
 connection problem.";
+
+const TAIL_HELP: &str = "\
+Exit status: 0 after Ctrl-C, 1 the store refused the search, 2 usage, token or connection
+problem (only the first connection; later ones are retried).";
 
 /// Where the store is and how to prove who we are.
 #[derive(clap::Args)]
@@ -90,7 +95,9 @@ struct Connection {
   sluice query -o csv \"SELECT time_ns, url, duration_ms FROM events LIMIT 100\" > slow.csv
   echo \"SELECT count(*) FROM events\" | sluice query -
 
-{CONNECTION_HELP}"))]
+{ENVIRONMENT_HELP}
+
+{ROWS_HELP}"))]
 pub struct QueryArgs {
     /// The SQL statement, or - to read it from stdin.
     #[arg(value_name = "SQL")]
@@ -110,13 +117,15 @@ pub struct QueryArgs {
 #[derive(clap::Args)]
 #[command(after_help = format!("Examples:
   sluice search 'level:error' --since 1h
-  sluice search 'status:>=500 -url:/healthz' --since 2024-05-01T10:00:00Z --until 2024-05-01T11:00:00Z
-  sluice search '\"connection reset\" OR timeout' --limit 1000 -o json
+  sluice search 'status:>=500 -url:/healthz' --since 2h --until 1h
+  sluice search '\"connection reset\" OR timeout' --since 2024-05-01T10:00:00Z --limit 1000 -o json
 
-{CONNECTION_HELP}"))]
+{ENVIRONMENT_HELP}
+
+{ROWS_HELP}"))]
 pub struct SearchArgs {
     /// The search, e.g. 'level:error status:>=500'.
-    #[arg(value_name = "QUERY", default_value = "")]
+    #[arg(value_name = "QUERY", default_value = "", hide_default_value = true)]
     query: String,
     /// Start of the time range: relative (15m, 1h, 2d) or RFC 3339 (the store's default: 15m).
     #[arg(long, value_name = "TIME")]
@@ -146,10 +155,12 @@ pub struct SearchArgs {
   sluice tail 'level:error'
   sluice tail 'rpc_method:GetUser duration_ms:>500' -o ndjson | jq .duration_ms
 
-{CONNECTION_HELP}"))]
+{ENVIRONMENT_HELP}
+
+{TAIL_HELP}"))]
 pub struct TailArgs {
     /// The search events must match (empty: every event).
-    #[arg(value_name = "QUERY", default_value = "")]
+    #[arg(value_name = "QUERY", default_value = "", hide_default_value = true)]
     query: String,
     /// Output format (default: table when stdout is a terminal, ndjson otherwise).
     #[arg(long, short = 'o', value_enum, value_name = "FORMAT")]
@@ -166,7 +177,10 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.sql
     };
-    anyhow::ensure!(!sql.trim().is_empty(), "the SQL is empty; give a statement such as \"SELECT count(*) FROM events\"");
+    anyhow::ensure!(
+        !sql.trim().is_empty(),
+        "the SQL is empty; give a statement such as \"SELECT count(*) FROM events\""
+    );
     let setup = Setup::new(&args.connection, args.output)?;
     let body = serde_json::json!({ "sql": sql }).to_string();
     let request = RowsRequest {
@@ -552,10 +566,7 @@ mod tests {
         tail_event("row", "{\"time_ns\":0,\n\"a\":1}", Format::Ndjson, &mut out);
         tail_event("message", "{\"x\":1}", Format::Ndjson, &mut out);
         tail_event("row", "{\"time_ns\":0,\"sluice_source\":\"web-1\",\"a\":1}", Format::Table, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "{\"time_ns\":0, \"a\":1}\n1970-01-01T00:00:00.000Z  web-1  a=1\n"
-        );
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"time_ns\":0, \"a\":1}\n1970-01-01T00:00:00.000Z  web-1  a=1\n");
     }
 
     #[test]

@@ -129,9 +129,8 @@ impl<W: Write> RowWriter<W> {
                 self.out.write_all(&row.raw)
             }
             Format::Csv => {
-                let columns = self.csv_columns.get_or_insert_with(|| {
-                    row.fields.iter().map(|(k, _)| k.clone()).collect()
-                });
+                let columns =
+                    self.csv_columns.get_or_insert_with(|| row.fields.iter().map(|(k, _)| k.clone()).collect());
                 if self.rows == 1 {
                     let header: Vec<String> = columns.iter().map(|c| csv_field(c)).collect();
                     writeln!(self.out, "{}", header.join(","))?;
@@ -372,7 +371,8 @@ pub fn human_bytes(n: u64) -> String {
 
 /// Columns a live event's line does not repeat: the time and source lead the line, the rest is
 /// bookkeeping a person watching a tail does not need.
-const TAIL_HIDDEN: [&str; 6] = ["time_ns", "sluice_source", "sluice_stream", "sluice_received_ns", "sluice_id", "sluice_seq"];
+const TAIL_HIDDEN: [&str; 6] =
+    ["time_ns", "sluice_source", "sluice_stream", "sluice_received_ns", "sluice_id", "sluice_seq"];
 
 /// One live event as a line for a person:
 /// `2024-05-01T12:00:00.123Z  web-1  level=info msg="GET /" status=200`.
@@ -556,7 +556,10 @@ POST /checkout      7       false
             buffer_rows: 0,
             elapsed_ms: 12.34,
         };
-        assert_eq!(summary(3, Some(&stats), 99.0), "3 rows · scanned 1200 rows, 45.6 kB · segments read 2, skipped 10 · 12.3 ms");
+        assert_eq!(
+            summary(3, Some(&stats), 99.0),
+            "3 rows · scanned 1200 rows, 45.6 kB · segments read 2, skipped 10 · 12.3 ms"
+        );
         assert_eq!(summary(1, None, 4.56), "1 row · 4.6 ms");
         let parsed: Stats = serde_json::from_str(r#"{"rows_scanned":5,"elapsed_ms":1.5,"future_field":1}"#).unwrap();
         assert_eq!((parsed.rows_scanned, parsed.elapsed_ms, parsed.segments_read), (5, 1.5, 0));
@@ -564,8 +567,16 @@ POST /checkout      7       false
 
     #[test]
     fn bytes_read_like_a_person_would_say_them() {
-        let cases = [(0, "0 bytes"), (1, "1 byte"), (999, "999 bytes"), (1000, "1.0 kB"), (45_600, "45.6 kB"),
-            (999_949, "999.9 kB"), (999_999, "1.0 MB"), (1_234_567_890, "1.2 GB")];
+        let cases = [
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (999, "999 bytes"),
+            (1000, "1.0 kB"),
+            (45_600, "45.6 kB"),
+            (999_949, "999.9 kB"),
+            (999_999, "1.0 MB"),
+            (1_234_567_890, "1.2 GB"),
+        ];
         for (n, text) in cases {
             assert_eq!(human_bytes(n), text, "{n}");
         }
