@@ -5,7 +5,8 @@
 //!
 //! Exit status: 0 when the rows were printed (or the tail was stopped with Ctrl-C), 1 when the
 //! store refused or failed the query, 2 for usage, configuration, token and connection problems.
-//! A closed stdout (`| head`) ends the run with 0: the reader has what it wanted.
+//! Ctrl-C ends a tail with 0 and a query or search with 130. A closed stdout (`| head`) ends
+//! the run with 0: the reader has what it wanted.
 
 mod errors;
 mod http;
@@ -57,7 +58,7 @@ objects, csv a header line and RFC 4180 rows. After the rows a summary of the sc
 the result at its row limit. A spinner shows on stderr when a query runs longer than 0.3 s.
 
 Exit status: 0 rows printed, 1 the store refused or failed the query, 2 usage, token or
-connection problem.";
+connection problem, 130 stopped with Ctrl-C.";
 
 const TAIL_HELP: &str = "\
 Exit status: 0 after Ctrl-C, 1 the store refused the search, 2 usage, token or connection
@@ -189,7 +190,7 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
         body: Some(Bytes::from(body)),
         query_text: sql,
     };
-    runtime()?.block_on(fetch_rows(&setup, request))
+    runtime()?.block_on(interruptible(fetch_rows(&setup, request)))
 }
 
 pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
@@ -211,7 +212,7 @@ pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
         body: None,
         query_text: args.query,
     };
-    runtime()?.block_on(fetch_rows(&setup, request))
+    runtime()?.block_on(interruptible(fetch_rows(&setup, request)))
 }
 
 pub fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
@@ -222,6 +223,18 @@ pub fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let setup = Setup::new(&args.connection, args.output)?;
     let path = format!("/api/tail?{}", query_string(&[("q", &args.query)]));
     runtime()?.block_on(follow(&setup, &path, &args.query))
+}
+
+/// Exit status after Ctrl-C stopped a query: 128 + SIGINT, as a shell reports it.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs `work` until Ctrl-C; then drops it, which erases the spinner and closes the connection
+/// (the store cancels a query whose client went away), and exits with 130.
+async fn interruptible(work: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Ok(ExitCode::from(EXIT_INTERRUPTED)),
+    }
 }
 
 /// A current-thread runtime: one request at a time, and the spinner never runs during a write.

@@ -341,6 +341,35 @@ fn no_store_at_the_url_names_it_and_the_setting() {
     assert!(text(&out.stderr).contains("write it like http://127.0.0.1:7800"));
 }
 
+#[test]
+fn ctrl_c_stops_a_streaming_query_with_130() {
+    let open_bodies = Mutex::new(Vec::new());
+    let store = FakeStore::start(move |_| {
+        // Rows that never end: the body's sender is kept, so the query stays open.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Bytes::from_static(b"{\"a\":1}\n")).unwrap();
+        open_bodies.lock().unwrap().push(tx);
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/x-ndjson")
+            .body(ChannelBody(rx).boxed())
+            .unwrap()
+    });
+    let mut child = cli(&["query", "SELECT * FROM events", "--url", &store.url(), "-o", "ndjson"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    assert_eq!(stdout.recv_timeout(DEADLINE).unwrap(), "{\"a\":1}", "rows stream before the answer ends");
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    assert_eq!(wait_exit(&mut child).code(), Some(130));
+}
+
 /// Reads a child's stdout or stderr lines into a channel as they come.
 fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
