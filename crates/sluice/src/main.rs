@@ -2,6 +2,7 @@
 //! domain logic lives here; the library crates do the work and this is the only place that prints.
 
 mod certs;
+mod client;
 mod gen;
 mod store;
 mod supervise;
@@ -14,7 +15,8 @@ use clap::{Parser, Subcommand};
 /// sluice: an observability-event pipeline.
 ///
 /// Every process writes JSON events to stdout; `sluice supervise` runs it, keeps its events on disk
-/// in chunks and serves them over mutually-authenticated HTTPS.
+/// in chunks and serves them over mutually-authenticated HTTPS; `sluice store` pulls them into
+/// columnar segments; `sluice query`, `search` and `tail` ask a store from the command line.
 #[derive(Parser)]
 #[command(name = "sluice", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -28,6 +30,9 @@ enum Command {
     Gen(gen::Args),
     Certs(certs::Args),
     Store(store::Args),
+    Query(client::QueryArgs),
+    Search(client::SearchArgs),
+    Tail(client::TailArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,9 @@ fn main() -> ExitCode {
         Command::Gen(args) => gen::run(args),
         Command::Certs(args) => certs::run(args),
         Command::Store(args) => store::run(args),
+        Command::Query(args) => client::query(args),
+        Command::Search(args) => client::search(args),
+        Command::Tail(args) => client::tail(args),
     };
     match result {
         Ok(code) => code,
