@@ -381,6 +381,7 @@ impl Engine {
             buffer_rows: counters.buffer_rows.load(std::sync::atomic::Ordering::Relaxed),
             ..QueryStats::default()
         };
+        stats.rows_scanned = stats.buffer_rows;
         add_scan_metrics(&plan, &mut stats);
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
@@ -390,7 +391,8 @@ impl Engine {
 fn add_scan_metrics(plan: &Arc<dyn ExecutionPlan>, stats: &mut QueryStats) {
     let children = plan.children();
     if children.is_empty() {
-        if let Some(m) = plan.metrics() {
+        // Segment scans only (they count bytes); the buffer's rows are counted at the scan.
+        if let Some(m) = plan.metrics().filter(|m| m.sum_by_name("bytes_scanned").is_some()) {
             let pruned = m.sum_by_name("pushdown_rows_pruned").map_or(0, |v| v.as_usize());
             stats.rows_scanned += (m.output_rows().unwrap_or(0) + pruned) as u64;
             stats.bytes_scanned += m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize()) as u64;
