@@ -70,7 +70,7 @@ impl Fixture {
 
 fn event(i: u64, time_ns: u64) -> String {
     let method = ["GetUser", "ListOrders", "PutCart"][(i % 3) as usize];
-    let level = if i % 10 == 0 { "error" } else { "info" };
+    let level = if i.is_multiple_of(10) { "error" } else { "info" };
     format!(
         r#"{{"time_ns":{time_ns},"level":"{level}","rpc_method":"{method}","duration_ms":{},"msg":"request {i} done in time","pii_uid":"U{i:06}"}}"#,
         i % 100
@@ -235,7 +235,7 @@ async fn search(f: &Fixture, q: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_operators_match_as_documented() {
     let mut f = Fixture::new();
-    let lines = vec![
+    let lines = [
         format!(r#"{{"time_ns":{},"msg":"Connection refused (os error 111)","status":503,"host":"a"}}"#, T0 + 1),
         format!(r#"{{"time_ns":{},"msg":"read timeout after 5s","status":200,"host":"b"}}"#, T0 + 2),
         format!(r#"{{"time_ns":{},"msg":"timeouts are fine","status":500}}"#, T0 + 3),
