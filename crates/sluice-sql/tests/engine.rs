@@ -345,3 +345,26 @@ async fn tail_delivers_new_matching_events_in_order_masked() {
         ["request 50 done in time", "request 60 done in time"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_p99_by_group_and_minute() {
+    let mut f = Fixture::new();
+    // duration_ms = i % 100 for rpc_method by i % 3, all in one minute, split over a segment and
+    // the buffer so that partial states merge.
+    let lines: Vec<String> = (0..3000).map(|i| event(i, T0 + i)).collect();
+    f.commit(&lines[..1700]).await;
+    f.flush();
+    f.commit(&lines[1700..]).await;
+    let sql = "SELECT rpc_method, time_ns / 60000000000 AS minute, quantile_nearest(duration_ms, 0.99) AS p99, \
+               count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
+    let out = f.engine.sql(sql, VIEWER).await.unwrap();
+    for (k, method) in ["GetUser", "ListOrders", "PutCart"].iter().enumerate() {
+        let mut d: Vec<u64> = (0..3000u64).filter(|i| i % 3 == k as u64).map(|i| i % 100).collect();
+        d.sort_unstable();
+        let want = d[sluice_sql::nearest_rank(0.99, d.len()) - 1];
+        assert_eq!(strings(&out.batches, "rpc_method")[k].as_deref(), Some(*method));
+        assert_eq!(u64s(&out.batches, "p99")[k], want, "{method}");
+    }
+    let e = f.engine.sql("SELECT quantile_nearest(duration_ms, 2.0) FROM events", VIEWER).await.unwrap_err();
+    assert!(e.to_string().contains("0 < q <= 1"), "{e}");
+}
