@@ -1,6 +1,9 @@
 //! SQL functions sluice adds to DataFusion's: `quantile_nearest(x, q)`, the exact
 //! nearest-rank quantile of an unsigned integer column (p99 latency the way SRE books define
-//! it: the smallest value with at least `q` of the values at or below it).
+//! it: the smallest value with at least `q` of the values at or below it); and
+//! `sluice_overflow_text(sluice_overflow)`, the string values of the overflow JSON whose keys do
+//! not start with `pii_`, joined with U+001F, which is what bare words search there (never the
+//! JSON's keys or escapes, so that search and the term indexes agree on what text exists).
 //!
 //! Not here: the masking functions (mask.rs), which are deliberately not callable by name.
 //!
@@ -11,12 +14,16 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::StringBuilder;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, UInt64Array};
 use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, UInt64Type};
 use datafusion::common::{exec_err, plan_err, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, TypeSignature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, TypeSignature, Volatility,
+};
 use datafusion::physical_expr::expressions::Literal;
 
 /// `quantile_nearest(x, q)`.
@@ -138,6 +145,81 @@ impl Accumulator for NearestAcc {
     }
 }
 
+/// `sluice_overflow_text(json)` (see the module docs).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct OverflowText {
+    signature: Signature,
+}
+
+/// Name of [`OverflowText`] in SQL.
+pub(crate) const OVERFLOW_TEXT: &str = "sluice_overflow_text";
+
+impl OverflowText {
+    pub(crate) fn udf() -> ScalarUDF {
+        ScalarUDF::new_from_impl(OverflowText {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        })
+    }
+}
+
+/// The searchable text of one overflow JSON value.
+pub fn overflow_text(json: &str) -> String {
+    let mut out = String::new();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) {
+        for (k, v) in map {
+            if let serde_json::Value::String(s) = v {
+                if !k.starts_with(crate::mask::PII_PREFIX) {
+                    if !out.is_empty() {
+                        out.push(sluice_query::TEXT_SEPARATOR);
+                    }
+                    out.push_str(&s);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl ScalarUDFImpl for OverflowText {
+    fn name(&self) -> &str {
+        OVERFLOW_TEXT
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("{OVERFLOW_TEXT} takes one argument");
+        };
+        let (array, scalar) = match arg {
+            ColumnarValue::Array(a) => (a.clone(), false),
+            ColumnarValue::Scalar(s) => (s.to_array()?, true),
+        };
+        let Some(strings) = array.as_string_opt::<i32>() else {
+            return exec_err!("{OVERFLOW_TEXT} takes a string column, got {}", array.data_type());
+        };
+        let mut b = StringBuilder::with_capacity(strings.len(), 0);
+        for v in strings.iter() {
+            match v {
+                Some(v) => b.append_value(overflow_text(v)),
+                None => b.append_null(),
+            }
+        }
+        let out: ArrayRef = Arc::new(b.finish());
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +243,17 @@ mod tests {
         let state = other.state().unwrap()[0].to_array().unwrap();
         acc.merge_batch(&[state]).unwrap();
         assert_eq!(acc.evaluate().unwrap(), ScalarValue::UInt64(Some(991)));
+    }
+}
+
+#[cfg(test)]
+mod overflow_tests {
+    use super::overflow_text;
+
+    #[test]
+    fn overflow_text_is_values_without_keys_or_pii() {
+        let t = overflow_text(r#"{"status":"a\"b","pii_email":"x@y.z","n":5,"msg":"two words"}"#);
+        assert_eq!(t, "two words\u{1f}a\"b", "values in key order");
+        assert_eq!(overflow_text("not json"), "");
     }
 }

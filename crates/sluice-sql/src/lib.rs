@@ -67,7 +67,7 @@ use serde::Serialize;
 use sluice_store::{Store, StoreView, COL_OVERFLOW};
 use tokio::sync::Semaphore;
 
-pub use functions::nearest_rank;
+pub use functions::{nearest_rank, overflow_text};
 pub use mask::{KeyError, MaskKey, HIDDEN, HIDDEN_COLUMNS, KEY_FILE};
 pub use search::{
     needed_terms, Needed, SearchRequest, LIMIT_DEFAULT as SEARCH_LIMIT_DEFAULT, LIMIT_MAX as SEARCH_LIMIT_MAX,
@@ -316,6 +316,7 @@ impl Engine {
         config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(functions::QuantileNearest::udaf());
+        ctx.register_udf(functions::OverflowText::udf());
         let schema = view.schema.clone();
         let table = Arc::new(EventsTable::new(view, filter, counters));
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {

@@ -368,3 +368,17 @@ async fn exact_p99_by_group_and_minute() {
     let e = f.engine.sql("SELECT quantile_nearest(duration_ms, 2.0) FROM events", VIEWER).await.unwrap_err();
     assert!(e.to_string().contains("0 < q <= 1"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
+    let mut f = Fixture::new();
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"first","status":200}}"#, T0)]).await;
+    // status as a string conflicts with the UInt64 column: it overflows, and stays findable.
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"second","status":"teapot brewing","pii_note":7}}"#, T0 + 1)]).await;
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"third","status":"x","pii_status":"secretword"}}"#, T0 + 2)]).await;
+    f.flush();
+    assert_eq!(search(&f, "teapot").await, ["second"]);
+    assert_eq!(search(&f, "\"teapot brewing\"").await, ["second"]);
+    assert_eq!(search(&f, "status").await.len(), 0, "JSON keys are not text");
+    assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
+}
