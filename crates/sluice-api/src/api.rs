@@ -11,6 +11,7 @@
 //! (with `Allow`), 406 no format the client accepts, 408 a request body too slow, 413 a body
 //! over [`SQL_BODY_BYTES_MAX`], 429 too many queries or tails (with `Retry-After: 1`).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -259,7 +260,10 @@ impl Api {
         let path = req.uri().path();
         let Some(route) = Route::find(path) else {
             let shown: String = path.chars().take(100).collect();
-            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no endpoint {shown}; this store serves {ENDPOINTS}")));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no endpoint {shown}; this store serves {ENDPOINTS}"),
+            ));
         };
         let methods = route.methods();
         if !methods.contains(req.method()) {
@@ -334,29 +338,29 @@ impl Api {
                 format!("the request body is larger than {SQL_BODY_BYTES_MAX} bytes; send a shorter query"),
             )
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > SQL_BODY_BYTES_MAX as u64) {
             return Err(too_large());
         }
-        let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(req.into_body(), SQL_BODY_BYTES_MAX).collect())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
-                )
-            })?;
+        let collected =
+            tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(req.into_body(), SQL_BODY_BYTES_MAX).collect())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+                    )
+                })?;
         let bytes = match collected {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
             Err(e) => return Err(ApiError::bad_request(format!("cannot read the request body: {e}"))),
         };
         let body: SqlBody = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("the body is not the JSON this endpoint takes ({e}); send {{\"sql\": \"SELECT …\"}}"))
+            ApiError::bad_request(format!(
+                "the body is not the JSON this endpoint takes ({e}); send {{\"sql\": \"SELECT …\"}}"
+            ))
         })?;
         let out = self.engine.sql(&body.sql, access).await?;
         encode_answer(out, format, Nulls::Keep).await
@@ -393,8 +397,7 @@ impl Api {
                 }
             },
         };
-        let request =
-            SearchRequest { query: params.get("q").unwrap_or("").to_string(), since_ns, until_ns, limit };
+        let request = SearchRequest { query: params.get("q").unwrap_or("").to_string(), since_ns, until_ns, limit };
         let out = self.engine.search(&request, access).await?;
         encode_answer(format::without_empty_columns(out), format, Nulls::Omit).await
     }
@@ -468,13 +471,19 @@ impl Api {
         serde_json::json!({ "sources": sources })
     }
 
+    /// Flushes the buffer; answers the segments written and the events they hold.
     async fn flush(&self) -> Result<Response<ApiBody>, ApiError> {
         let store = self.engine.store().clone();
-        let segments = tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("flush stopped abnormally: {e}")))?
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("flush failed: {e}")))?;
-        Ok(json_response(StatusCode::OK, serde_json::json!({ "segments": segments })))
+        let (rows, segments) = tokio::task::spawn_blocking(move || {
+            let before: HashSet<String> = store.manifest().segments.into_iter().map(|s| s.path).collect();
+            let rows = store.flush()?;
+            let written = store.manifest().segments.iter().filter(|s| !before.contains(&s.path)).count();
+            Ok::<_, sluice_store::StoreError>((rows, written))
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("flush stopped abnormally: {e}")))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("flush failed: {e}")))?;
+        Ok(json_response(StatusCode::OK, serde_json::json!({ "segments": segments, "rows": rows })))
     }
 
     fn render_metrics(&self) -> String {
@@ -532,7 +541,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ApiBod
 
 /// The answer to a query in `format`, encoded on a blocking thread (a large result takes a
 /// while to write).
-async fn encode_answer(out: sluice_sql::QueryOutput, format: Format, nulls: Nulls) -> Result<Response<ApiBody>, ApiError> {
+async fn encode_answer(
+    out: sluice_sql::QueryOutput,
+    format: Format,
+    nulls: Nulls,
+) -> Result<Response<ApiBody>, ApiError> {
     let stats = format::stats_json(&out.stats);
     let truncated = out.truncated;
     let body = tokio::task::spawn_blocking(move || format::encode(&out, format, nulls))
@@ -561,7 +574,9 @@ impl Params {
             let k = percent_decode(k)
                 .ok_or_else(|| ApiError::bad_request("the query string is not valid percent-encoded UTF-8"))?;
             let v = percent_decode(v).ok_or_else(|| {
-                ApiError::bad_request(format!("parameter {k}: not valid percent-encoded UTF-8; encode the value as UTF-8"))
+                ApiError::bad_request(format!(
+                    "parameter {k}: not valid percent-encoded UTF-8; encode the value as UTF-8"
+                ))
             })?;
             if !known.contains(&k.as_str()) {
                 return Err(ApiError::bad_request(format!(
@@ -635,7 +650,14 @@ impl TailDriver {
             let frames = match step {
                 Step::End => return,
                 Step::Keepalive => vec![Bytes::from_static(b": keepalive\n\n")],
-                Step::Batch(Ok(batch)) => self.frames(batch),
+                Step::Batch(Ok(batch)) => {
+                    // Up to TAIL_BACKLOG_ROWS_MAX rows to write: not on an async worker.
+                    let counters = self.counters.clone();
+                    match tokio::task::spawn_blocking(move || frames(batch, &counters)).await {
+                        Ok(frames) => frames,
+                        Err(_) => return,
+                    }
+                }
                 Step::Batch(Err(e)) => {
                     let data = serde_json::json!({ "error": e.to_string() });
                     let _ = self.send(Bytes::from(format!("event: error\ndata: {data}\n\n"))).await;
@@ -659,44 +681,46 @@ impl TailDriver {
             _ = self.stop.wait_for(|&s| s) => false,
         }
     }
+}
 
-    fn frames(&self, batch: TailBatch) -> Vec<Bytes> {
-        let mut frames = Vec::new();
-        let mut buf: Vec<u8> = Vec::new();
-        if batch.dropped > 0 {
-            self.counters.tail_rows_dropped.fetch_add(batch.dropped, Relaxed);
-            // The dropped rows came before the ones below.
-            let _ = std::io::Write::write_fmt(
-                &mut buf,
-                format_args!("event: dropped\ndata: {{\"dropped\":{}}}\n\n", batch.dropped),
-            );
-        }
-        let mut sent = 0u64;
-        for b in &batch.batches {
-            let enc = match RowEncoder::new(b) {
-                Ok(enc) => enc,
-                Err(e) => {
-                    let data = serde_json::json!({ "error": format!("cannot encode a row: {e}") });
-                    buf.extend_from_slice(format!("event: error\ndata: {data}\n\n").as_bytes());
-                    continue;
-                }
-            };
-            for r in 0..enc.rows() {
-                buf.extend_from_slice(b"event: row\ndata: ");
-                enc.write_row(r, Nulls::Omit, &mut buf);
-                buf.extend_from_slice(b"\n\n");
-                sent += 1;
-                if buf.len() >= TAIL_FRAME_BYTES {
-                    frames.push(Bytes::from(std::mem::take(&mut buf)));
-                }
+/// A tail step as Server-Sent Events: `dropped` first (those events came before these), then
+/// one `row` event a row, cut into frames of about [`TAIL_FRAME_BYTES`].
+fn frames(batch: TailBatch, counters: &ApiCounters) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    if batch.dropped > 0 {
+        counters.tail_rows_dropped.fetch_add(batch.dropped, Relaxed);
+        // The dropped rows came before the ones below.
+        let _ = std::io::Write::write_fmt(
+            &mut buf,
+            format_args!("event: dropped\ndata: {{\"dropped\":{}}}\n\n", batch.dropped),
+        );
+    }
+    let mut sent = 0u64;
+    for b in &batch.batches {
+        let enc = match RowEncoder::new(b) {
+            Ok(enc) => enc,
+            Err(e) => {
+                let data = serde_json::json!({ "error": format!("cannot encode a row: {e}") });
+                buf.extend_from_slice(format!("event: error\ndata: {data}\n\n").as_bytes());
+                continue;
+            }
+        };
+        for r in 0..enc.rows() {
+            buf.extend_from_slice(b"event: row\ndata: ");
+            enc.write_row(r, Nulls::Omit, &mut buf);
+            buf.extend_from_slice(b"\n\n");
+            sent += 1;
+            if buf.len() >= TAIL_FRAME_BYTES {
+                frames.push(Bytes::from(std::mem::take(&mut buf)));
             }
         }
-        self.counters.tail_rows_sent.fetch_add(sent, Relaxed);
-        if !buf.is_empty() {
-            frames.push(Bytes::from(buf));
-        }
-        frames
     }
+    counters.tail_rows_sent.fetch_add(sent, Relaxed);
+    if !buf.is_empty() {
+        frames.push(Bytes::from(buf));
+    }
+    frames
 }
 
 #[cfg(test)]

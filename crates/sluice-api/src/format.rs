@@ -253,9 +253,9 @@ pub fn rfc3339(value: i64, ns_per_unit: i64) -> String {
     let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
     let fraction = if frac == 0 {
         String::new()
-    } else if frac % 1_000_000 == 0 {
+    } else if frac.is_multiple_of(1_000_000) {
         format!(".{:03}", frac / 1_000_000)
-    } else if frac % 1_000 == 0 {
+    } else if frac.is_multiple_of(1_000) {
         format!(".{:06}", frac / 1_000)
     } else {
         format!(".{frac:09}")
@@ -416,11 +416,7 @@ pub fn without_empty_columns(out: QueryOutput) -> QueryOutput {
     }
     let fields: Vec<Field> = keep.iter().map(|&i| out.schema.field(i).clone()).collect();
     let schema: SchemaRef = Arc::new(Schema::new_with_metadata(fields, out.schema.metadata().clone()));
-    let batches = out
-        .batches
-        .iter()
-        .map(|b| b.project(&keep).expect("indexes come from the same schema"))
-        .collect();
+    let batches = out.batches.iter().map(|b| b.project(&keep).expect("indexes come from the same schema")).collect();
     QueryOutput { schema, batches, truncated: out.truncated, stats: out.stats }
 }
 

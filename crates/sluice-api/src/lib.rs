@@ -19,3 +19,5 @@ pub use api::{Api, ApiBody, ApiError, SQL_BODY_BYTES_MAX, TAILS_MAX, TAIL_KEEPAL
 pub use format::Format;
 pub use serve::{serve, tls_server_config, ApiTlsError};
 pub use tokens::{Caller, Role, Roles, TokenError, TokenSet, Tokens};
+// For the binary, which builds the engine the API runs on.
+pub use sluice_sql::{Engine, EngineConfig};

@@ -179,8 +179,11 @@ impl Tokens {
 
     /// Checks `text` as if read from `path` (used in messages only).
     pub fn parse(text: &str, path: &Path) -> Result<Tokens, TokenError> {
-        let invalid =
-            |offset: usize, message: String| TokenError::Invalid { path: path.to_path_buf(), line: line_of(text, offset), message };
+        let invalid = |offset: usize, message: String| TokenError::Invalid {
+            path: path.to_path_buf(),
+            line: line_of(text, offset),
+            message,
+        };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let message = e.message().trim_end_matches('\n').trim_end_matches('.');
             let fix = if message.contains("unknown field") {
@@ -236,7 +239,9 @@ impl Tokens {
             if chars > SECRET_CHARS_MAX {
                 return Err(invalid(
                     t.secret.span().start,
-                    format!("the secret of token {name:?} is longer than {SECRET_CHARS_MAX} characters; use a shorter one"),
+                    format!(
+                        "the secret of token {name:?} is longer than {SECRET_CHARS_MAX} characters; use a shorter one"
+                    ),
                 ));
             }
             if !secret.bytes().all(|b| b.is_ascii_graphic()) {

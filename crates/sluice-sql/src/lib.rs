@@ -195,6 +195,7 @@ fn classify(e: DataFusionError, memory_max_bytes: usize) -> QueryError {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
         | DataFusionError::Execution(_)
         | DataFusionError::ArrowError(..) => {
             let message = message
@@ -382,15 +383,17 @@ impl Engine {
             ..QueryStats::default()
         };
         add_scan_metrics(&plan, &mut stats);
+        stats.rows_scanned += stats.buffer_rows;
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
 }
 
-/// Rows and bytes read by the plan's leaves (segment scans and the buffer).
+/// Rows and bytes read by the plan's segment scans (the leaves that count bytes; the buffer's
+/// scan records no rows, so the caller adds `buffer_rows`).
 fn add_scan_metrics(plan: &Arc<dyn ExecutionPlan>, stats: &mut QueryStats) {
     let children = plan.children();
     if children.is_empty() {
-        if let Some(m) = plan.metrics() {
+        if let Some(m) = plan.metrics().filter(|m| m.sum_by_name("bytes_scanned").is_some()) {
             let pruned = m.sum_by_name("pushdown_rows_pruned").map_or(0, |v| v.as_usize());
             stats.rows_scanned += (m.output_rows().unwrap_or(0) + pruned) as u64;
             stats.bytes_scanned += m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize()) as u64;
