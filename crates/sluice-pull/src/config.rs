@@ -27,8 +27,9 @@
 //! cert = "client.pem"                # client certificate presented to supervisors
 //! key = "client.key"
 //! ca = "ca.pem"                      # optional: trust for the supervisors' server certificates
-//! [api]                              # optional: TLS for the store's own API
-//! tls_cert = "api.pem"
+//! [api]                              # optional: the store's own API
+//! tokens = "tokens.toml"             # API tokens and roles; without it every /api/ request is refused
+//! tls_cert = "api.pem"               # TLS: both or neither; required unless listen is loopback
 //! tls_key = "api.key"
 //! [[source]]
 //! name = "web-1"
@@ -122,6 +123,8 @@ pub struct StoreFileConfig {
     pub compact_zstd_level: Option<i32>,
     /// TLS for the API; required unless `listen` is a loopback address.
     pub api: Option<ApiTls>,
+    /// `[api] tokens`: the API's tokens file.
+    pub api_tokens: Option<PathBuf>,
 }
 
 /// A size or duration as written in the file, with its line: the binary parses it with its unit
@@ -299,8 +302,9 @@ struct RawTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApi {
-    tls_cert: Spanned<String>,
-    tls_key: Spanned<String>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    tokens: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -353,11 +357,21 @@ impl StoreFileConfig {
             )
         })?;
 
-        let api = match &raw.api {
-            Some(api) => Some(ApiTls {
-                tls_cert: ctx.path_value("api.tls_cert", &api.get_ref().tls_cert, true)?,
-                tls_key: ctx.path_value("api.tls_key", &api.get_ref().tls_key, true)?,
-            }),
+        let api =
+            match raw.api.as_ref().map(|a| (a, &a.get_ref().tls_cert, &a.get_ref().tls_key)) {
+                Some((_, Some(cert), Some(key))) => Some(ApiTls {
+                    tls_cert: ctx.path_value("api.tls_cert", cert, true)?,
+                    tls_key: ctx.path_value("api.tls_key", key, true)?,
+                }),
+                Some((table, None, Some(_)) | (table, Some(_), None)) => return Err(ctx.invalid(
+                    table.span().start,
+                    "[api] has only one of tls_cert and tls_key; give both (TLS), or neither (plain HTTP on loopback)"
+                        .to_string(),
+                )),
+                _ => None,
+            };
+        let api_tokens = match raw.api.as_ref().and_then(|a| a.get_ref().tokens.as_ref()) {
+            Some(tokens) => Some(ctx.path_value("api.tokens", tokens, true)?),
             None => None,
         };
         if api.is_none() && !listen.ip().is_loopback() {
@@ -503,6 +517,7 @@ impl StoreFileConfig {
             flush_zstd_level,
             compact_zstd_level,
             api,
+            api_tokens,
         })
     }
 }
@@ -586,7 +601,7 @@ mod tests {
     /// A directory holding the files a config names, and a config path inside it.
     fn dir_with_files() -> (tempfile::TempDir, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
-        for f in ["client.pem", "client.key", "ca.pem", "other-ca.pem", "api.pem", "api.key"] {
+        for f in ["client.pem", "client.key", "ca.pem", "other-ca.pem", "api.pem", "api.key", "tokens.toml"] {
             std::fs::write(tmp.path().join(f), "x").unwrap();
         }
         let path = tmp.path().join("store.toml");
@@ -628,6 +643,20 @@ url = "https://127.0.0.1:7701"
         assert_eq!(c.api, None);
         assert_eq!(c.retention_age_max, None);
         assert_eq!((c.flush_rows_max, c.flush_age_max, c.keys_max, c.compact_zstd_level), (None, None, None, None));
+    }
+
+    #[test]
+    fn api_tokens_alone_on_loopback_and_with_tls_elsewhere() {
+        let (tmp, path) = dir_with_files();
+        let d = tmp.path();
+        let c = StoreFileConfig::parse("data_dir = \"x\"\n[api]\ntokens = \"tokens.toml\"\n", &path).unwrap();
+        assert_eq!((c.api, c.api_tokens), (None, Some(d.join("tokens.toml"))));
+        let text = "data_dir = \"x\"\nlisten = \"[::]:7800\"\n[api]\ntokens = \"tokens.toml\"\ntls_cert = \"api.pem\"\ntls_key = \"api.key\"\n";
+        let c = StoreFileConfig::parse(text, &path).unwrap();
+        assert_eq!(c.api, Some(ApiTls { tls_cert: d.join("api.pem"), tls_key: d.join("api.key") }));
+        assert_eq!(c.api_tokens, Some(d.join("tokens.toml")));
+        let c = StoreFileConfig::parse("data_dir = \"x\"\n[api]\n", &path).unwrap();
+        assert_eq!((c.api, c.api_tokens), (None, None));
     }
 
     #[test]
@@ -702,7 +731,12 @@ fingerprint = "{FP}"
         ("workers negative", "data_dir = \"x\"\nbackfill_workers = -3\n", 2, "give a number from 1 to 256"),
         ("listen garbage", "data_dir = \"x\"\nlisten = \"localhost\"\n", 2, "write it like \"127.0.0.1:7800\""),
         ("listen public without api tls", "data_dir = \"x\"\n\nlisten = \"0.0.0.0:7800\"\n", 3, "add an [api] table with tls_cert and tls_key"),
-        ("api half", "data_dir = \"x\"\n[api]\ntls_cert = \"api.pem\"\n", 2, "missing field `tls_key`"),
+        ("api half", "data_dir = \"x\"\n[api]\ntls_cert = \"api.pem\"\n", 2, "has only one of tls_cert and tls_key; give both"),
+        ("api key only", "data_dir = \"x\"\n\n[api]\ntls_key = \"api.key\"\n", 3, "has only one of tls_cert and tls_key"),
+        ("api tokens only off loopback", "data_dir = \"x\"\nlisten = \"10.0.0.1:7800\"\n[api]\ntokens = \"tokens.toml\"\n", 2, "add an [api] table with tls_cert and tls_key"),
+        ("api tokens missing", "data_dir = \"x\"\n[api]\n\ntokens = \"gone.toml\"\n", 4, "api.tokens: "),
+        ("api tokens empty", "data_dir = \"x\"\n[api]\ntokens = \"\"\n", 3, "api.tokens is empty; give a path"),
+        ("api unknown key", "data_dir = \"x\"\n[api]\ntoken = \"tokens.toml\"\n", 3, "unknown field `token`"),
         ("api file missing", "data_dir = \"x\"\n[api]\ntls_cert = \"nope.pem\"\ntls_key = \"api.key\"\n", 3, "nope.pem does not exist"),
         ("empty data_dir", "data_dir = \"\"\n", 1, "data_dir is empty; give a path"),
         ("empty retention", "data_dir = \"x\"\nretention_age_max = \" \"\n", 2, "retention_age_max is empty"),

@@ -203,6 +203,7 @@ fn classify(e: DataFusionError, memory_max_bytes: usize) -> QueryError {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_)
+        | DataFusionError::Configuration(_)
         | DataFusionError::Execution(_)
         | DataFusionError::ArrowError(..) => {
             let message = message
@@ -397,7 +398,8 @@ impl Engine {
     }
 }
 
-/// Rows and bytes read by the plan's leaves (segment scans and the buffer).
+/// Rows and bytes read by the plan's segment scans (the leaves that count bytes; the buffer's
+/// scan records no rows, so the caller adds `buffer_rows`).
 fn add_scan_metrics(plan: &Arc<dyn ExecutionPlan>, stats: &mut QueryStats) {
     let children = plan.children();
     if children.is_empty() {

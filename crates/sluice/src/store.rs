@@ -1,4 +1,5 @@
-//! `sluice store`: config file (+ flag/env overrides) -> storage, pullers and the ops listener.
+//! `sluice store`: config file (+ flag/env overrides) -> storage, pullers, and the query API with
+//! /metrics and /healthz on `listen`.
 //!
 //! Every top-level setting of the file is also a flag and an environment variable
 //! (`SLUICE_STORE_` and the key in capitals); a flag or variable wins over the file.
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_api::ops::{serve_ops, OpsState};
+use sluice_api::{Api, TokenSet};
 use sluice_pull::config::{
     Limits, Written, BACKFILL_WORKERS_LIMITS, BUFFER_ROWS_MAX_LIMITS, COMPACT_INPUTS_MIN_LIMITS,
     COMPACT_ROWS_MAX_LIMITS, COMPACT_ZSTD_LEVEL_LIMITS, FLUSH_ROWS_MAX_LIMITS, FLUSH_ZSTD_LEVEL_LIMITS,
@@ -37,7 +38,7 @@ use crate::units::{parse_bytes, parse_duration};
 #[derive(clap::Args)]
 #[command(after_help = "Configuration file (TOML):\n  \
 data_dir = \"store-data\"\n  \
-listen = \"127.0.0.1:7800\"        # /metrics and /healthz (loopback)\n  \
+listen = \"127.0.0.1:7800\"        # the query API, /metrics, /healthz; off loopback needs [api] TLS\n  \
 backfill_workers = 2             # optional, as is every setting down to [tls]\n  \
 retention_age_max = \"30d\"        # by receive time\n  \
 retention_bytes_max = \"100GiB\"   # total size of the live segments\n  \
@@ -54,6 +55,10 @@ compact_zstd_level = 3           # 1 to 22\n  \
 cert = \"client.pem\"              # client certificate presented to supervisors\n  \
 key = \"client.key\"\n  \
 ca = \"ca.pem\"                    # trust for the supervisors' server certificates\n  \
+[api]\n  \
+tokens = \"tokens.toml\"           # API tokens and roles (see the README, \"HTTP API\")\n  \
+tls_cert = \"api.pem\"             # optional on loopback: TLS for the API (both or neither)\n  \
+tls_key = \"api.key\"\n  \
 [[source]]\n  \
 name = \"web-1\"\n  \
 url = \"https://127.0.0.1:7701\"   # optional: ca = \"…\" or fingerprint = \"sha256:…\"\n\n\
@@ -105,6 +110,9 @@ pub struct Args {
     /// Overrides `compact_zstd_level` (1 to 22) of compacted segments.
     #[arg(long, env = "SLUICE_STORE_COMPACT_ZSTD_LEVEL", value_name = "LEVEL", value_parser = in_range::<i32>(COMPACT_ZSTD_LEVEL_LIMITS))]
     compact_zstd_level: Option<i32>,
+    /// Overrides `[api] tokens`: the API's tokens file (re-read on SIGHUP).
+    #[arg(long, env = "SLUICE_STORE_TOKENS", value_name = "FILE")]
+    tokens: Option<PathBuf>,
 }
 
 /// How long pullers may take to stop before the store is closed anyway.
@@ -213,9 +221,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.backfill_workers {
         cfg.backfill_workers = n;
     }
+    if let Some(t) = &args.tokens {
+        cfg.api_tokens = Some(t.clone());
+    }
     anyhow::ensure!(
-        cfg.listen.ip().is_loopback(),
-        "{}: listen {} is not a loopback address; the store serves plain HTTP only on loopback (127.0.0.1 or ::1) for now",
+        cfg.listen.ip().is_loopback() || cfg.api.is_some(),
+        "{}: listen {} is not a loopback address, and the API serves plain HTTP only on loopback; add tls_cert \
+         and tls_key under [api], or listen on 127.0.0.1",
         cfg.path.display(),
         cfg.listen
     );
@@ -226,6 +238,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(cfg, store_cfg))
+}
+
+/// The query API, the tokens it reloads on SIGHUP, and its TLS config.
+struct QueryApi {
+    api: Arc<Api>,
+    tokens: Option<TokenSet>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The query API over `store`: its engine, the tokens file and the TLS config, each checked
+/// before anything listens.
+fn query_api(cfg: &StoreFileConfig, store: &Arc<Store>, pull: &Arc<PullMetrics>) -> anyhow::Result<QueryApi> {
+    let engine = sluice_api::Engine::open(store.clone(), sluice_api::EngineConfig::default())?;
+    let tokens = cfg.api_tokens.as_deref().map(TokenSet::load).transpose()?;
+    if tokens.is_none() {
+        eprintln!(
+            "sluice store: no tokens file ([api] tokens or --tokens), so the query API refuses every request; \
+             /metrics and /healthz are served"
+        );
+    }
+    let tls = cfg.api.as_ref().map(|t| sluice_api::tls_server_config(&t.tls_cert, &t.tls_key)).transpose()?;
+    Ok(QueryApi { api: Arc::new(Api::new(engine, pull.clone(), tokens.clone())), tokens, tls })
+}
+
+/// Re-reads the tokens file on each SIGHUP; a bad file leaves the tokens in force.
+async fn reload_tokens_on_sighup(tokens: Option<TokenSet>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match &tokens {
+            None => eprintln!("sluice store: SIGHUP: no tokens file to re-read"),
+            Some(t) => match t.reload() {
+                Ok(n) => eprintln!("sluice store: SIGHUP: {} re-read; tokens in force: {n}", t.path().display()),
+                Err(e) => eprintln!("sluice store: SIGHUP: {e}; the tokens in force stay"),
+            },
+        }
+    }
 }
 
 async fn serve(cfg: StoreFileConfig, store_cfg: StoreConfig) -> anyhow::Result<ExitCode> {
@@ -239,16 +287,14 @@ async fn serve(cfg: StoreFileConfig, store_cfg: StoreConfig) -> anyhow::Result<E
             .with_context(|| format!("cannot open the store in {}", data_dir.display()))?,
     );
     let pull = Arc::new(PullMetrics::new());
+    let QueryApi { api, tokens, tls } = query_api(&cfg, &store, &pull)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (change `listen` in {})", cfg.listen, cfg.path.display()))?;
     let addr = listener.local_addr().context("listener address")?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let ops = tokio::spawn(serve_ops(
-        listener,
-        Arc::new(OpsState { store: store.clone(), pull: pull.clone() }),
-        shutdown_rx.clone(),
-    ));
+    let ops = tokio::spawn(sluice_api::serve(listener, api, tls, shutdown_rx.clone()));
+    tokio::spawn(reload_tokens_on_sighup(tokens));
     let sources = cfg.sources.len();
     let pullers =
         tokio::spawn(sluice_pull::run_all(cfg.sources, store.clone(), cfg.backfill_workers, pull.clone(), shutdown_rx));
