@@ -388,7 +388,7 @@ fn announce(args: &Args, exe: &Path, dir: &Path, ready: &Ready) {
          In another shell, run the two export lines printed on stdout (SLUICE_URL and SLUICE_TOKEN, a token\n\
          with the viewer, pii and admin roles), then try:\n\
          \x20 {sluice} search 'level:ERROR' --since 5m\n\
-         \x20 {sluice} query \"SELECT rpc_method, count(*) AS calls, max(duration_ms) AS max_ms FROM events WHERE rpc_method IS NOT NULL GROUP BY 1 ORDER BY 2 DESC\"\n\
+         \x20 {sluice} query \"SELECT rpc_method, count(*) AS calls, quantile_nearest(duration_ms, 0.99) AS p99_ms FROM events WHERE rpc_method IS NOT NULL GROUP BY 1 ORDER BY 2 DESC\"\n\
          \x20 {sluice} tail 'status:>=500'\n\
          The same search with a viewer-only token (pii_* values masked):\n\
          \x20 SLUICE_TOKEN={} {sluice} search 'pii_uid:*' --since 5m --limit 5\n",

@@ -217,6 +217,26 @@ fn demo_serves_events_of_every_source_and_stops_cleanly_on_sigterm() {
         last = got;
         sources == ["web-1", "web-2", "web-3"]
     });
+    // The example commands it printed work as pasted.
+    for marker in [" search 'level:ERROR'", " query \"SELECT"] {
+        let example = demo.stderr_line(marker);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} -o json", example.trim()))
+            .env("SLUICE_URL", &url)
+            .env("SLUICE_TOKEN", &token)
+            .output()
+            .expect("run sh");
+        assert!(out.status.success(), "{example}: {}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON array");
+        assert!(rows.is_array(), "{example}: {rows}");
+        if marker.contains("query") {
+            assert!(
+                rows.as_array().is_some_and(|r| !r.is_empty() && r[0]["rpc_method"].is_string()),
+                "{example}: {rows}"
+            );
+        }
+    }
     // The full token sees personal data; the viewer token sees it masked.
     let search = ["search", "pii_uid:*", "--since", "15m", "--limit", "20"];
     wait_until("searches answer with pii_uid values", || {
