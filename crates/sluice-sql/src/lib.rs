@@ -26,6 +26,12 @@
 //! function is opaque to pruning, and searches use `pii_*` term indexes only for `pii` callers.
 //! The masking functions are not registered under any name a query could call.
 //!
+//! # Functions
+//!
+//! Besides DataFusion's own: `quantile_nearest(x, q)`, the exact nearest-rank quantile of an
+//! unsigned integer column (`quantile_nearest(duration_ms, 0.99)` is the p99 as an observed
+//! value).
+//!
 //! # Limits
 //!
 //! Each query runs under [`EngineConfig::memory_max_bytes`] (DataFusion's memory pool: an
@@ -37,6 +43,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod functions;
 mod mask;
 mod search;
 mod table;
@@ -60,6 +67,7 @@ use serde::Serialize;
 use sluice_store::{Store, StoreView, COL_OVERFLOW};
 use tokio::sync::Semaphore;
 
+pub use functions::{nearest_rank, overflow_text};
 pub use mask::{KeyError, MaskKey, HIDDEN, HIDDEN_COLUMNS, KEY_FILE};
 pub use search::{
     needed_terms, Needed, SearchRequest, LIMIT_DEFAULT as SEARCH_LIMIT_DEFAULT, LIMIT_MAX as SEARCH_LIMIT_MAX,
@@ -307,6 +315,8 @@ impl Engine {
         config.options_mut().execution.parquet.pushdown_filters = true;
         config.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        ctx.register_udaf(functions::QuantileNearest::udaf());
+        ctx.register_udf(functions::OverflowText::udf());
         let schema = view.schema.clone();
         let table = Arc::new(EventsTable::new(view, filter, counters));
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
@@ -381,6 +391,7 @@ impl Engine {
             buffer_rows: counters.buffer_rows.load(std::sync::atomic::Ordering::Relaxed),
             ..QueryStats::default()
         };
+        stats.rows_scanned = stats.buffer_rows;
         add_scan_metrics(&plan, &mut stats);
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
@@ -390,7 +401,8 @@ impl Engine {
 fn add_scan_metrics(plan: &Arc<dyn ExecutionPlan>, stats: &mut QueryStats) {
     let children = plan.children();
     if children.is_empty() {
-        if let Some(m) = plan.metrics() {
+        // Segment scans only (they count bytes); the buffer's rows are counted at the scan.
+        if let Some(m) = plan.metrics().filter(|m| m.sum_by_name("bytes_scanned").is_some()) {
             let pruned = m.sum_by_name("pushdown_rows_pruned").map_or(0, |v| v.as_usize());
             stats.rows_scanned += (m.output_rows().unwrap_or(0) + pruned) as u64;
             stats.bytes_scanned += m.sum_by_name("bytes_scanned").map_or(0, |v| v.as_usize()) as u64;

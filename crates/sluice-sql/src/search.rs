@@ -76,9 +76,19 @@ pub(crate) fn from_sql(schema: &Schema, needs_text: bool) -> String {
         .iter()
         .filter(|f| matches!(f.data_type(), DataType::Utf8))
         .map(|f| f.name().as_str())
-        .filter(|n| *n != "sluice_stream")
+        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW)
         .collect();
-    format!("(SELECT *, {} AS {} FROM {TABLE})", text_column_sql(&strings), quote_ident(sluice_query::TEXT_COLUMN))
+    let mut text = text_column_sql(&strings);
+    if schema.field_with_name(COL_OVERFLOW).is_ok() {
+        // The overflow's string values, not its JSON text (see functions.rs).
+        let sep = u32::from(sluice_query::TEXT_SEPARATOR);
+        text = format!(
+            "concat_ws(chr({sep}), {text}, {}({}))",
+            crate::functions::OVERFLOW_TEXT,
+            quote_ident(COL_OVERFLOW)
+        );
+    }
+    format!("(SELECT *, {text} AS {} FROM {TABLE})", quote_ident(sluice_query::TEXT_COLUMN))
 }
 
 /// The columns of `events`, quoted, for `SELECT` lists that must not include `sluice_text`.

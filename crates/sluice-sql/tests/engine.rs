@@ -1,0 +1,384 @@
+//! The query engine over a real in-process store: SQL across segments and the buffer, pruning,
+//! masking, search operators, errors and live tail.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, UInt64Type};
+use sluice_pull::Batch;
+use sluice_sql::{Access, Engine, EngineConfig, MaskKey, QueryError, SearchRequest, HIDDEN};
+use sluice_store::{Store, StoreConfig};
+
+const VIEWER: Access = Access { pii: false };
+const PII: Access = Access { pii: true };
+const HOUR_NS: u64 = 3_600_000_000_000;
+/// 2026-11-01T00:00:00Z.
+const T0: u64 = 1_761_955_200_000_000_000;
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    engine: Engine,
+    offset: u64,
+    chunk: u32,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StoreConfig::new(dir.path());
+        cfg.maintenance = false;
+        let store = Arc::new(Store::open(cfg).unwrap());
+        let engine = Engine::with_key(store.clone(), EngineConfig::default(), MaskKey::from_bytes([9; 16]));
+        Fixture { _dir: dir, store, engine, offset: 0, chunk: 0 }
+    }
+
+    /// Commit lines as one batch of a new chunk.
+    async fn commit(&mut self, lines: &[String]) {
+        let mut data = Vec::new();
+        for l in lines {
+            data.extend_from_slice(l.as_bytes());
+            data.push(b'\n');
+        }
+        self.chunk += 1;
+        let batch = Batch {
+            source: Arc::from("web-1"),
+            stream: 0xabc,
+            chunk: Arc::from(format!("AAAAAA{:04}", self.chunk).as_str()),
+            start_offset: self.offset,
+            lines: Bytes::from(data),
+            received_ns: now_ns(),
+            chunk_complete: true,
+        };
+        self.offset = 0;
+        self.store.commit_batch(batch).await.unwrap();
+    }
+
+    fn flush(&self) {
+        self.store.flush().unwrap();
+    }
+}
+
+fn event(i: u64, time_ns: u64) -> String {
+    let method = ["GetUser", "ListOrders", "PutCart"][(i % 3) as usize];
+    let level = if i.is_multiple_of(10) { "error" } else { "info" };
+    format!(
+        r#"{{"time_ns":{time_ns},"level":"{level}","rpc_method":"{method}","duration_ms":{},"msg":"request {i} done in time","pii_uid":"U{i:06}"}}"#,
+        i % 100
+    )
+}
+
+fn u64s(out: &[RecordBatch], column: &str) -> Vec<u64> {
+    out.iter()
+        .flat_map(|b| {
+            let c = cast(b.column_by_name(column).unwrap(), &DataType::UInt64).unwrap();
+            let c = c.as_primitive::<UInt64Type>().clone();
+            (0..c.len()).map(move |i| c.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn strings(out: &[RecordBatch], column: &str) -> Vec<Option<String>> {
+    out.iter()
+        .flat_map(|b| {
+            let c = b.column_by_name(column).unwrap().as_string::<i32>().clone();
+            (0..c.len()).map(move |i| c.is_valid(i).then(|| c.value(i).to_owned())).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sees_segments_and_buffer_together() {
+    let mut f = Fixture::new();
+    let lines: Vec<String> = (0..300).map(|i| event(i, T0 + i * 1_000_000_000)).collect();
+    f.commit(&lines[..100]).await;
+    f.flush();
+    f.commit(&lines[100..200]).await;
+    f.flush();
+    f.commit(&lines[200..]).await;
+    let out = f.engine.sql("SELECT count(*) AS n, sum(duration_ms) AS s FROM events", PII).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(300));
+    let expected: u64 = (0..300).map(|i| i % 100).sum();
+    assert_eq!(u64s(&out.batches, "s"), vec![expected]);
+    assert_eq!(out.stats.segments_read, 2);
+    assert_eq!(out.stats.buffer_rows, 100);
+    assert!(out.stats.rows_scanned >= 300, "{:?}", out.stats);
+
+    // Grouping, with the same answer as the generator's arithmetic.
+    let out = f
+        .engine
+        .sql("SELECT rpc_method, count(*) AS n FROM events GROUP BY rpc_method ORDER BY rpc_method", VIEWER)
+        .await
+        .unwrap();
+    assert_eq!(
+        strings(&out.batches, "rpc_method"),
+        vec![Some("GetUser".into()), Some("ListOrders".into()), Some("PutCart".into())]
+    );
+    assert_eq!(u64s(&out.batches, "n"), vec![100, 100, 100]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_outside_the_time_range_are_skipped() {
+    let mut f = Fixture::new();
+    for hour in 0..4u64 {
+        let lines: Vec<String> = (0..50).map(|i| event(i, T0 + hour * HOUR_NS + i)).collect();
+        f.commit(&lines).await;
+        f.flush();
+    }
+    let sql = format!(
+        "SELECT count(*) AS n FROM events WHERE time_ns >= {} AND time_ns < {}",
+        T0 + 3 * HOUR_NS,
+        T0 + 4 * HOUR_NS
+    );
+    let out = f.engine.sql(&sql, VIEWER).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(50));
+    assert_eq!((out.stats.segments_read, out.stats.segments_skipped), (1, 3), "{:?}", out.stats);
+    let out = f.engine.sql("SELECT count(*) AS n FROM events", VIEWER).await.unwrap();
+    assert_eq!((out.stats.segments_read, out.stats.segments_skipped), (4, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pii_is_masked_for_viewers_everywhere_and_cannot_be_probed() {
+    let mut f = Fixture::new();
+    let mut lines: Vec<String> = (0..20).map(|i| event(i, T0 + i)).collect();
+    // A pii_ key whose type conflicts with its column lands in the overflow JSON.
+    lines.push(format!(r#"{{"time_ns":{},"pii_uid":7,"pii_email":"x@example.com","msg":"conflict"}}"#, T0 + 100));
+    lines.push(format!(r#"{{"time_ns":{},"sluice_bad":"not_json","sluice_raw":"secret U000003 text"}}"#, T0 + 101));
+    lines.push("this line is not json U000004".to_owned());
+    f.commit(&lines[..10]).await;
+    f.flush();
+    f.commit(&lines[10..]).await;
+
+    let probe = "SELECT count(*) AS n FROM events WHERE pii_uid = 'U000003'";
+    let out = f.engine.sql(probe, VIEWER).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(0), "a clear value cannot be confirmed");
+    let out = f.engine.sql(probe, PII).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(1));
+
+    let out = f.engine.sql("SELECT pii_uid FROM events WHERE msg = 'request 3 done in time'", VIEWER).await.unwrap();
+    let shown = strings(&out.batches, "pii_uid")[0].clone().unwrap();
+    assert!(shown.starts_with("pii:") && !shown.contains("U000003"), "{shown}");
+    let by_hash = format!("SELECT count(*) AS n FROM events WHERE pii_uid = '{shown}'");
+    let out = f.engine.sql(&by_hash, VIEWER).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(1), "the shown hash finds the event");
+
+    // Grouping on the masked column still works.
+    let out = f.engine.sql("SELECT count(DISTINCT pii_uid) AS n FROM events", VIEWER).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n").first().copied(), Some(20));
+
+    // Nothing of the clear text anywhere in a viewer's full dump; all of it for the pii role.
+    let dump = |batches: &[RecordBatch]| {
+        let mut text = String::new();
+        for b in batches {
+            for c in b.columns() {
+                if let Some(s) = c.as_string_opt::<i32>() {
+                    for v in s.iter().flatten() {
+                        text.push_str(v);
+                        text.push('\n');
+                    }
+                }
+            }
+        }
+        text
+    };
+    let all = f.engine.sql("SELECT * FROM events", VIEWER).await.unwrap();
+    let text = dump(&all.batches);
+    for secret in ["U000003", "x@example.com", "secret U000003", "not json U000004"] {
+        assert!(!text.contains(secret), "{secret} leaked to a viewer:\n{text}");
+    }
+    assert!(text.contains(HIDDEN), "bad-line text is hidden, visibly");
+    let all = f.engine.sql("SELECT * FROM events", PII).await.unwrap();
+    let text = dump(&all.batches);
+    for secret in ["U000003", "x@example.com", "secret U000003", "not json U000004"] {
+        assert!(text.contains(secret), "{secret} missing for the pii role");
+    }
+
+    // The masking functions are not callable: nobody can hash a guess.
+    let e = f.engine.sql("SELECT sluice_mask('U000003')", VIEWER).await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_on_pii_values_reveals_nothing_to_viewers() {
+    let mut f = Fixture::new();
+    for part in 0..3u64 {
+        let lines: Vec<String> = (0..30).map(|i| event(part * 100 + i, T0 + part * 1000 + i)).collect();
+        f.commit(&lines).await;
+        f.flush();
+    }
+    let present = f.engine.sql("SELECT count(*) FROM events WHERE pii_uid = 'U000205'", VIEWER).await.unwrap();
+    let absent = f.engine.sql("SELECT count(*) FROM events WHERE pii_uid = 'U999999'", VIEWER).await.unwrap();
+    let s = |o: &sluice_sql::QueryOutput| (o.stats.rows_scanned, o.stats.segments_read, o.stats.segments_skipped);
+    assert_eq!(s(&present), s(&absent), "stats must not depend on whether a clear value exists");
+    for q in ["pii_uid:U000205", "pii_uid:U999999"] {
+        let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 10 };
+        let out = f.engine.search(&req, VIEWER).await.unwrap();
+        assert_eq!((out.rows(), out.stats.segments_skipped), (0, 0), "{q}");
+    }
+}
+
+async fn search(f: &Fixture, q: &str) -> Vec<String> {
+    let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 1000 };
+    let out = f.engine.search(&req, PII).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+    strings(&out.batches, "msg").into_iter().map(|m| m.unwrap_or_default()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_operators_match_as_documented() {
+    let mut f = Fixture::new();
+    let lines = [
+        format!(r#"{{"time_ns":{},"msg":"Connection refused (os error 111)","status":503,"host":"a"}}"#, T0 + 1),
+        format!(r#"{{"time_ns":{},"msg":"read timeout after 5s","status":200,"host":"b"}}"#, T0 + 2),
+        format!(r#"{{"time_ns":{},"msg":"timeouts are fine","status":500}}"#, T0 + 3),
+        format!(r#"{{"time_ns":{},"msg":"refused connection","host":"a","pii_uid":"U1"}}"#, T0 + 4),
+    ];
+    f.commit(&lines[..2]).await;
+    f.flush();
+    f.commit(&lines[2..]).await;
+    // Newest first.
+    assert_eq!(
+        search(&f, "").await,
+        ["refused connection", "timeouts are fine", "read timeout after 5s", "Connection refused (os error 111)"]
+    );
+    assert_eq!(search(&f, "timeout").await, ["read timeout after 5s"]);
+    assert_eq!(search(&f, "\"connection refused\"").await, ["Connection refused (os error 111)"]);
+    assert_eq!(search(&f, "connection-refused").await, ["Connection refused (os error 111)"]);
+    assert_eq!(search(&f, "host:a").await, ["refused connection", "Connection refused (os error 111)"]);
+    assert_eq!(search(&f, "status:>=500").await, ["timeouts are fine", "Connection refused (os error 111)"]);
+    assert_eq!(search(&f, "status:<500").await, ["read timeout after 5s"]);
+    assert_eq!(search(&f, "-host:a").await, ["timeouts are fine", "read timeout after 5s"]);
+    assert_eq!(search(&f, "status:*").await.len(), 3);
+    assert_eq!(search(&f, "host:b OR (status:500 fine)").await, ["timeouts are fine", "read timeout after 5s"]);
+    assert_eq!(search(&f, "nosuchfield:x").await.len(), 0);
+    assert_eq!(search(&f, "-nosuchfield:x").await.len(), 4);
+    // Bare words never look inside pii_ values.
+    assert_eq!(search(&f, "U1").await.len(), 0);
+    assert_eq!(search(&f, "pii_uid:U1").await, ["refused connection"]);
+
+    // Time range and limit.
+    let req = SearchRequest { query: String::new(), since_ns: Some(T0 + 2), until_ns: Some(T0 + 3), limit: 1 };
+    let out = f.engine.search(&req, VIEWER).await.unwrap();
+    assert_eq!(strings(&out.batches, "msg"), [Some("timeouts are fine".to_owned())]);
+    assert!(out.truncated, "two matched, one returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_get_positions_and_writes_are_refused() {
+    let f = Fixture::new();
+    let req = SearchRequest { query: "level:warn status:".into(), since_ns: None, until_ns: None, limit: 10 };
+    let e = f.engine.search(&req, VIEWER).await.unwrap_err();
+    assert_eq!((e.status(), e.position()), (400, Some(18)), "{e}");
+
+    let e = f.engine.sql("SELECT count(*) FROM events WHERE", VIEWER).await.unwrap_err();
+    assert_eq!(e.status(), 400, "{e}");
+    let e = f.engine.sql("SELEC 1", VIEWER).await.unwrap_err();
+    assert_eq!((e.status(), e.position()), (400, Some(0)), "{e}");
+    let e = f.engine.sql("SELECT nosuch FROM events", VIEWER).await.unwrap_err();
+    assert!(e.to_string().contains("nosuch"), "{e}");
+
+    for write in [
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
+        "COPY (SELECT 1) TO '/tmp/x.parquet'",
+        "INSERT INTO events SELECT * FROM events",
+        "SET datafusion.execution.batch_size = 1",
+    ] {
+        let e = f.engine.sql(write, PII).await.unwrap_err();
+        assert!(matches!(e, QueryError::Invalid { .. }), "{write}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_capped_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.maintenance = false;
+    let store = Arc::new(Store::open(cfg).unwrap());
+    let engine_cfg = EngineConfig { rows_max: 7, ..EngineConfig::default() };
+    let engine = Engine::with_key(store.clone(), engine_cfg, MaskKey::from_bytes([1; 16]));
+    let mut f = Fixture { _dir: dir, store, engine, offset: 0, chunk: 0 };
+    f.commit(&(0..20).map(|i| event(i, T0 + i)).collect::<Vec<_>>()).await;
+    let out = f.engine.sql("SELECT * FROM events", VIEWER).await.unwrap();
+    assert_eq!((out.rows(), out.truncated), (7, true));
+    let out = f.engine.sql("SELECT * FROM events LIMIT 7", VIEWER).await.unwrap();
+    assert_eq!((out.rows(), out.truncated), (7, false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_delivers_new_matching_events_in_order_masked() {
+    let mut f = Fixture::new();
+    f.commit(&[event(1, T0)]).await;
+    let mut tail = f.engine.tail("level:error", VIEWER).unwrap();
+    // Events committed before the tail started are not shown ("starting now").
+    let lines: Vec<String> = (10..40).map(|i| event(i, T0 + i)).collect();
+    f.commit(&lines[..15]).await;
+    f.flush(); // a flush while the tail is behind: those rows are reported, not hidden
+    f.commit(&lines[15..]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let mut dropped = 0;
+    while seen.len() + dropped < 3 {
+        let step = tokio::time::timeout_at(deadline.into(), tail.next()).await.expect("tail answers").unwrap();
+        dropped += step.dropped as usize;
+        for b in &step.batches {
+            let uids = b.column_by_name("pii_uid").unwrap().as_string::<i32>();
+            assert!(uids.iter().flatten().all(|u| u.starts_with("pii:")), "masked in tail");
+        }
+        seen.extend(strings(&step.batches, "msg").into_iter().flatten());
+    }
+    // Rows 10..25 were flushed before the tail read them: they count as dropped (15 rows), and
+    // the errors after them (20 is flushed; 30 is live) come through.
+    assert_eq!(dropped, 15, "flushed rows the tail never saw are reported");
+    assert_eq!(seen, ["request 30 done in time"]);
+    f.commit(&[event(50, T0 + 50), event(51, T0 + 51), event(60, T0 + 60)]).await;
+    let step = tokio::time::timeout_at(deadline.into(), tail.next()).await.unwrap().unwrap();
+    assert_eq!(
+        strings(&step.batches, "msg").into_iter().flatten().collect::<Vec<_>>(),
+        ["request 50 done in time", "request 60 done in time"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_p99_by_group_and_minute() {
+    let mut f = Fixture::new();
+    // duration_ms = i % 100 for rpc_method by i % 3, all in one minute, split over a segment and
+    // the buffer so that partial states merge.
+    let lines: Vec<String> = (0..3000).map(|i| event(i, T0 + i)).collect();
+    f.commit(&lines[..1700]).await;
+    f.flush();
+    f.commit(&lines[1700..]).await;
+    let sql = "SELECT rpc_method, time_ns / 60000000000 AS minute, quantile_nearest(duration_ms, 0.99) AS p99, \
+               count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1";
+    let out = f.engine.sql(sql, VIEWER).await.unwrap();
+    for (k, method) in ["GetUser", "ListOrders", "PutCart"].iter().enumerate() {
+        let mut d: Vec<u64> = (0..3000u64).filter(|i| i % 3 == k as u64).map(|i| i % 100).collect();
+        d.sort_unstable();
+        let want = d[sluice_sql::nearest_rank(0.99, d.len()) - 1];
+        assert_eq!(strings(&out.batches, "rpc_method")[k].as_deref(), Some(*method));
+        assert_eq!(u64s(&out.batches, "p99")[k], want, "{method}");
+    }
+    let e = f.engine.sql("SELECT quantile_nearest(duration_ms, 2.0) FROM events", VIEWER).await.unwrap_err();
+    assert!(e.to_string().contains("0 < q <= 1"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
+    let mut f = Fixture::new();
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"first","status":200}}"#, T0)]).await;
+    // status as a string conflicts with the UInt64 column: it overflows, and stays findable.
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"second","status":"teapot brewing","pii_note":7}}"#, T0 + 1)]).await;
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"third","status":"x","pii_status":"secretword"}}"#, T0 + 2)]).await;
+    f.flush();
+    assert_eq!(search(&f, "teapot").await, ["second"]);
+    assert_eq!(search(&f, "\"teapot brewing\"").await, ["second"]);
+    assert_eq!(search(&f, "status").await.len(), 0, "JSON keys are not text");
+    assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
+}
