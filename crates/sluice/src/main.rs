@@ -3,6 +3,7 @@
 
 mod certs;
 mod client;
+mod demo;
 mod gen;
 mod store;
 mod supervise;
@@ -33,6 +34,7 @@ enum Command {
     Query(client::QueryArgs),
     Search(client::SearchArgs),
     Tail(client::TailArgs),
+    Demo(demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Query(args) => client::query(args),
         Command::Search(args) => client::search(args),
         Command::Tail(args) => client::tail(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,
