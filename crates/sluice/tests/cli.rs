@@ -4,6 +4,7 @@
 
 mod client;
 mod demo;
+mod query;
 mod store_faults;
 mod support;
 
