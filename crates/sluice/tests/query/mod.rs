@@ -169,7 +169,8 @@ fn sql_search_tail_roles_and_cli_against_a_real_store() {
     }
 
     // Search operators against the reference rules.
-    let checks: Vec<(&str, Box<dyn Fn(&serde_json::Map<String, Value>) -> bool>)> = vec![
+    type Pred = Box<dyn Fn(&serde_json::Map<String, Value>) -> bool>;
+    let checks: Vec<(&str, Pred)> = vec![
         ("rpc_method:Logout", Box::new(|e| e.get("rpc_method").and_then(Value::as_str) == Some("Logout"))),
         ("duration_ms:>200", Box::new(|e| e.get("duration_ms").and_then(Value::as_u64).is_some_and(|d| d > 200))),
         ("level:* -level:INFO", Box::new(|e| e.get("level").and_then(Value::as_str).is_some_and(|l| l != "INFO"))),
