@@ -33,14 +33,18 @@
 //! A bare word or phrase is absent from a segment if one of its tokens is absent:
 //! [`SegmentTerms::may_contain_words`] for everybody, plus
 //! [`SegmentTerms::may_contain_hidden_words`] for a caller with the `pii` role. A substring
-//! (`LIKE '%text%'` on an open column) is absent if one of its 3-grams is absent.
+//! (`LIKE '%text%'` on an open column) is absent if one of its 3-grams, taken after
+//! [`sluice_query::normalize`], is absent: that holds for case-sensitive matching and for
+//! case-insensitive matching that lowercases character by character as `normalize` does.
+//! A value the builder cannot read (an overflow object that does not parse, which the store
+//! never writes) makes every filter of the segment answer "may contain".
 //!
 //! # Sizing
 //!
 //! Each filter is sized from the number of distinct items counted while building: about 9.6 bits
 //! and 7 hash functions per item for a false-positive rate of [`FPR_TARGET`] (1%). The three
 //! filters of one segment together take at most [`TERMS_BYTES_MAX`] bytes; beyond that every
-//! filter is shrunk in proportion, so the false-positive rate grows (about 5% at half the bits
+//! filter is shrunk in proportion, so the false-positive rate grows (about 10% at half the bits
 //! per item) but building never fails. The 3-gram filter's items are at most the 2^24 possible
 //! byte triples. Positions come from one xxh3-64 hash per item by double hashing
 //! (`h1 + i·h2 mod bits`, with `h1`, `h2` its low and high 32 bits). Items: a token's UTF-8
@@ -314,6 +318,8 @@ pub struct TermsBuilder {
     recent_restricted: Vec<u64>,
     pair: Vec<u8>,
     lower: Vec<u8>,
+    /// A value could not be read: every filter must answer "may contain".
+    unreadable: bool,
 }
 
 impl Default for TermsBuilder {
@@ -335,6 +341,7 @@ impl TermsBuilder {
             recent_restricted: vec![0; RECENT_SLOTS],
             pair: Vec::new(),
             lower: Vec::new(),
+            unreadable: false,
         }
     }
 
@@ -360,9 +367,10 @@ impl TermsBuilder {
     fn add_overflow(&mut self, json: &str) {
         let mut pairs = Vec::new();
         let mut de = serde_json::Deserializer::from_str(json);
-        // The store writes this JSON itself; text that does not parse is not indexed (and a
-        // search of it is then never pruned wrongly: only what was indexed is ever "present").
+        // The store writes this JSON itself, so it parses; if it ever did not, its text could be
+        // anything of any class, and only an index that rules nothing out is safe.
         if serde::Deserializer::deserialize_map(&mut de, OverflowPairs(&mut pairs)).is_err() {
+            self.unreadable = true;
             return;
         }
         for (key, value) in pairs {
@@ -439,6 +447,13 @@ impl TermsBuilder {
         if let Some(hidden) = &self.hidden_trigrams {
             for g in hidden.iter() {
                 filters[2].insert(xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM));
+            }
+        }
+        if self.unreadable {
+            for f in &mut filters {
+                f.items = f.items.max(1);
+                f.hashes = f.hashes.max(1);
+                f.words = vec![u64::MAX; f.words.len().max(1)];
             }
         }
         encode(self.rows, &filters)
@@ -877,6 +892,16 @@ mod tests {
         let mut v2 = data.to_vec();
         v2[8] = 2;
         assert!(SegmentTerms::from_bytes(&v2).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn an_unreadable_overflow_object_rules_nothing_out() {
+        let mut b = TermsBuilder::new();
+        b.add_value(ColumnClass::Open, "msg", "hello");
+        b.add_overflow("{\"msg\":");
+        let t = SegmentTerms::from_bytes(&b.finish()).unwrap();
+        assert!(t.may_contain_token("anything") && t.may_contain_substring("anything"));
+        assert!(t.may_contain_pii_token("pii_x", "y") && t.may_contain_hidden_token("z"));
     }
 
     #[test]
