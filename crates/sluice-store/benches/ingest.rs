@@ -1,6 +1,6 @@
 //! Ingest benchmark (not a test): commits generated events from 4 sources through the store's
 //! write path, flushes and compacts, then reports throughput per CPU-second, peak RSS and bytes on
-//! disk per event beside `zstd -19` of the same raw lines.
+//! disk per event beside `zstd -19` of the same raw lines, and the size of the term indexes.
 //!
 //! Run: `cargo bench -p sluice-store --bench ingest` (`BENCH_LINES=N` to change the 2,000,000).
 //! It does not measure the network or TLS (that is the puller's benchmark).
@@ -184,6 +184,12 @@ fn main() {
             }
         }
     }
+    // Term indexes beside the segments.
+    let terms_bytes: u64 = manifest
+        .segments
+        .iter()
+        .map(|seg| std::fs::metadata(data_dir.join(sluice_store::terms_path(&seg.path))).unwrap().len())
+        .sum();
     let mut cols: Vec<(String, u64)> = per_column.into_iter().collect();
     cols.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
     for (name, b) in cols.iter().take(15) {
@@ -218,6 +224,11 @@ fn main() {
         stats.fsync_ns_total as f64 / stats.fsyncs.max(1) as f64 / 1e6
     );
     println!("segments after compaction   {segments}");
+    println!(
+        "term indexes                {terms_bytes} bytes ({:.0} KB per segment, {:.2}% of segment bytes)",
+        terms_bytes as f64 / segments.max(1) as f64 / 1e3,
+        terms_bytes as f64 * 100.0 / stats.segment_bytes.max(1) as f64
+    );
     println!(
         "peak rss                    {:.0} MB (includes the {:.0} MB of generated batches waiting to be committed)",
         peak_rss_bytes() as f64 / 1e6,

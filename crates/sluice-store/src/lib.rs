@@ -12,6 +12,7 @@
 //! manifest.json            live segments, key types, flushed seq, chunk progress (see manifest)
 //! wal/NNNN….wal            write-ahead log (see [`wal`])
 //! segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.parquet   (see [`segment`])
+//! segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.terms     (see [`terms`])
 //! ```
 //!
 //! # Write path and exactly-once
@@ -46,11 +47,11 @@
 //!
 //! # Crash safety
 //!
-//! Flush: write segments (temp name then rename, fsynced), then the manifest (temp, fsync,
+//! Flush: write segments and their term indexes (temp name then rename, fsynced), then the manifest (temp, fsync,
 //! rename, fsync dir) with the new segments and the flushed seq, then delete the WAL files wholly
 //! below it. Compaction: write the output, swap the manifest, then delete the inputs. Retention:
 //! swap the manifest, then delete. At start, files under `segments/` that the manifest does not
-//! list are leftovers of a crash and are deleted; the WAL is replayed from the flushed seq on.
+//! list (nor are term indexes of listed segments) are leftovers of a crash and are deleted; the WAL is replayed from the flushed seq on.
 //! So a crash at any point loses nothing acknowledged, stores nothing twice, and never makes a
 //! half-written segment live.
 //!
@@ -73,6 +74,7 @@ pub mod manifest;
 mod parse;
 mod runtime;
 pub mod segment;
+pub mod terms;
 pub mod wal;
 
 use std::collections::{HashMap, VecDeque};
@@ -92,6 +94,7 @@ pub use buffer::{
     FIXED_COLUMNS, OVERFLOW_UNPARSED, OVERFLOW_UNPARSED_CUT, UNPARSED_BYTES_MAX,
 };
 pub use manifest::{Manifest, SegmentMeta};
+pub use terms::{column_class, terms_path, ColumnClass, SegmentTerms, TermsCache, TermsError, TermsItems};
 
 use buffer::{Buffer, LineMeta, Registry};
 use manifest::{KeyEntry, ManifestError, ProgressRecord};
@@ -259,6 +262,10 @@ pub struct StoreStats {
     /// Background maintenance failures (the last message in `maintenance_error`).
     pub maintenance_errors: u64,
     pub maintenance_error: Option<String>,
+    /// Live segments whose term index was missing or invalid when loaded (they are read without
+    /// pruning), and the last reason.
+    pub terms_unavailable: u64,
+    pub terms_error: Option<String>,
 }
 
 /// Read progress of one chunk, as [`Store::progress_all`] lists it.
@@ -330,6 +337,7 @@ struct Inner {
     maint: Mutex<()>,
     wake: (Mutex<bool>, Condvar),
     buffer_space: tokio::sync::Notify,
+    terms: TermsCache,
 }
 
 /// The store. Dropping it stops the background maintenance without flushing (like a crash: the
@@ -433,6 +441,7 @@ impl Store {
             maint: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
             buffer_space: tokio::sync::Notify::new(),
+            terms: TermsCache::new(terms::TERMS_CACHE_BYTES_MAX_DEFAULT),
         });
         let maintenance = if inner.cfg.maintenance {
             let inner = inner.clone();
@@ -510,6 +519,12 @@ impl Store {
         self.inner.applied.subscribe()
     }
 
+    /// The term index of a segment of a [`StoreView`], cached; "may contain anything" (and
+    /// counted in [`StoreStats::terms_unavailable`]) when it is missing or invalid.
+    pub async fn segment_terms(&self, segment_path: &str) -> Arc<SegmentTerms> {
+        self.inner.terms.get(self.inner.objects.as_ref(), segment_path).await
+    }
+
     /// A copy of the current manifest.
     pub fn manifest(&self) -> Manifest {
         lock(&self.inner.state).manifest.clone()
@@ -528,6 +543,7 @@ impl Store {
         st.progress_entries = s.progress.values().map(|m| m.len() as u64).sum();
         st.seq_next = s.next_seq;
         st.seq_flushed = s.manifest.flushed_seq;
+        (st.terms_unavailable, st.terms_error) = self.inner.terms.unavailable();
         st
     }
 
@@ -895,7 +911,8 @@ fn apply_lost(s: &mut State, l: &LostRecord) {
 
 /// Delete files under segments/ that the manifest does not list (and temp files of the manifest).
 fn sweep_leftovers(dir: &Path, manifest: &Manifest) -> Result<u64, StoreError> {
-    let live: std::collections::HashSet<&str> = manifest.segments.iter().map(|m| m.path.as_str()).collect();
+    let live: std::collections::HashSet<String> =
+        manifest.segments.iter().flat_map(|m| [m.path.clone(), terms_path(&m.path)]).collect();
     let mut deleted = 0;
     let mut stack = vec![dir.join(segment::SEGMENTS_DIR)];
     while let Some(d) = stack.pop() {
@@ -1107,6 +1124,7 @@ fn compact(inner: &Inner) -> Result<usize, StoreError> {
     poison_on(inner, FailPoint::CompactAfterManifest)?;
     for path in doomed {
         segment::delete(inner.objects.as_ref(), &path)?;
+        inner.terms.forget(&path);
     }
     Ok(groups.len())
 }
@@ -1146,6 +1164,7 @@ fn retention(inner: &Inner, now_ns: u64) -> Result<usize, StoreError> {
     poison_on(inner, FailPoint::RetentionAfterManifest)?;
     for seg in &doomed {
         segment::delete(inner.objects.as_ref(), &seg.path)?;
+        inner.terms.forget(&seg.path);
     }
     Ok(doomed.len())
 }

@@ -11,7 +11,8 @@
 //! (zstd, dictionary-encoded strings, page statistics, rows sorted by `time_ns`, declared in the
 //! file's sorting columns) with the columns of [`crate::FIXED_COLUMNS`] and then the key columns
 //! that have a value in the segment, in registry order. `time_ns`, `sluice_seq` and
-//! `sluice_received_ns` are delta-encoded; `sluice_id` is plain (it is random).
+//! `sluice_received_ns` are delta-encoded; `sluice_id` is plain (it is random). Beside each
+//! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use parquet::schema::types::ColumnPath;
 use crate::buffer::{align, COL_ID, COL_RECEIVED_NS, COL_SEQ, COL_TIME_NS, FIXED_COLUMNS};
 use crate::manifest::SegmentMeta;
 use crate::runtime::block_on;
+use crate::terms::{terms_path, TermsBuilder};
 
 /// Directory of the segments under the data directory.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -208,12 +210,16 @@ fn write_one(
         meta.received_ns_min = meta.received_ns_min.min(v);
         meta.received_ns_max = meta.received_ns_max.max(v);
     }
+    let mut terms = TermsBuilder::new();
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
         let batch = arrow_select::interleave::interleave_record_batch(&refs, slice).map_err(|e| perr(&e))?;
+        terms.add_batch(&batch);
         writer.write(&batch).map_err(|e| perr(&e))?;
     }
     let data = Bytes::from(writer.into_inner().map_err(|e| perr(&e))?);
     meta.bytes = data.len() as u64;
+    // The term index goes first: like the segment, it must be durable before a manifest lists it.
+    put(store, local_root, &terms_path(path), terms.finish())?;
     put(store, local_root, path, data)?;
     Ok(meta)
 }
@@ -246,12 +252,16 @@ pub fn read_segment(store: &dyn ObjectStore, path: &str) -> Result<Vec<RecordBat
     reader.map(|b| b.map_err(|e| perr(&e))).collect()
 }
 
-/// Delete a segment; one already gone is fine (a crash after a delete, before the next step).
+/// Delete a segment and its term index; one already gone is fine (a crash after a delete, before
+/// the next step, or a segment written without an index).
 pub fn delete(store: &dyn ObjectStore, path: &str) -> Result<(), SegmentError> {
-    match block_on(store.delete(&ObjectPath::from(path))) {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(source) => Err(SegmentError::Store { path: path.to_string(), source }),
+    for path in [path.to_string(), terms_path(path)] {
+        match block_on(store.delete(&ObjectPath::from(path.as_str()))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => return Err(SegmentError::Store { path, source }),
+        }
     }
+    Ok(())
 }
 
 /// The full schema with only the key columns that occur in `present`, for a compaction output.

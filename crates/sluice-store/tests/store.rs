@@ -1,5 +1,5 @@
 //! Integration tests of the store: exactly-once across crashes, de-duplication, overflow rules,
-//! segments read back with an independent Parquet reader, compaction, retention.
+//! segments read back with an independent Parquet reader, compaction, retention, term indexes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +15,8 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
 use sluice_pull::{Batch, ChunkProgress, CommitOutcome, Sink};
-use sluice_store::{FailPoint, Store, StoreConfig};
+use sluice_query::{normalize, tokens};
+use sluice_store::{terms_path, FailPoint, SegmentTerms, Store, StoreConfig, TermsError};
 
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// 2026-11-23T05:00:00Z
@@ -521,21 +522,8 @@ fn a_crash_at_every_step_loses_nothing_acknowledged_and_stores_nothing_twice() {
         }
         let store = Store::open(cfg(dir.path())).unwrap();
         assert_exactly(&store, &want);
-        // Nothing under segments/ but the live segments.
-        let live: BTreeSet<String> = store.manifest().segments.iter().map(|s| s.path.clone()).collect();
-        let mut on_disk = BTreeSet::new();
-        let mut stack = vec![dir.path().join("segments")];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    on_disk.insert(p.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned());
-                }
-            }
-        }
-        assert_eq!(on_disk, live, "{point:?}: leftovers removed");
+        // Nothing under segments/ but the live segments and their valid term indexes.
+        assert_term_indexes_consistent(&store, &rt);
         // And it goes on working: a re-fetch of the whole chunk adds only what was not acked.
         rt.block_on(store.commit(batch(9, "C", 0, &lines, true))).unwrap();
         if point != FailPoint::RetentionAfterManifest {
@@ -556,9 +544,13 @@ fn a_stray_file_under_segments_is_deleted_at_start_and_never_read() {
     }
     let stray = dir.path().join("segments/sluice_date=2026-11-23/sluice_hour=05/seg-999999999999.parquet");
     std::fs::write(&stray, b"half a segm").unwrap();
+    let stray_terms = dir.path().join("segments/sluice_date=2026-11-23/sluice_hour=05/seg-999999999998.terms");
+    std::fs::write(&stray_terms, b"SLTERMS").unwrap();
     let store = Store::open(cfg(dir.path())).unwrap();
-    assert!(!stray.exists());
+    assert!(!stray.exists() && !stray_terms.exists());
     assert_eq!(all_rows(&store).len(), 3);
+    // The live segment keeps its term index.
+    assert_term_indexes_consistent(&store, &rt);
 }
 
 #[test]
@@ -680,6 +672,7 @@ proptest! {
         drop(store);
         let store = Store::open(c).unwrap();
         assert_exactly(&store, &want);
+        assert_term_indexes_consistent(&store, &rt);
     }
 }
 
@@ -702,4 +695,288 @@ fn progress_of_chunks_untouched_for_the_retention_window_is_forgotten_at_flush()
     let store = Store::open(c).unwrap();
     assert_eq!(store.progress_all().len(), 1);
     assert_eq!(store.stats().progress_entries, 1);
+}
+
+/// Every file under segments/, relative to the data directory.
+fn files_under_segments(data_dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![data_dir.join("segments")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(data_dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Nothing under segments/ but the live segments and their term indexes, each of which verifies
+/// and records the segment's row count.
+fn assert_term_indexes_consistent(store: &Store, rt: &tokio::runtime::Runtime) {
+    let segments = store.manifest().segments;
+    let want: BTreeSet<String> = segments.iter().flat_map(|s| [s.path.clone(), terms_path(&s.path)]).collect();
+    assert_eq!(files_under_segments(store.data_dir()), want, "live segments and their term indexes only");
+    for seg in &segments {
+        let terms = rt.block_on(SegmentTerms::load(store.object_store().as_ref(), &seg.path)).unwrap();
+        assert_eq!(terms.rows(), seg.rows, "{}", seg.path);
+    }
+}
+
+fn load_terms(store: &Store, rt: &tokio::runtime::Runtime, segment: &str) -> SegmentTerms {
+    rt.block_on(SegmentTerms::load(store.object_store().as_ref(), segment)).unwrap()
+}
+
+/// Text with ASCII words and punctuation, any printable Unicode, or letters whose lowercase
+/// is longer or special (İ, Σ, ß).
+fn text_value() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-zA-Z0-9 _./:=-]{0,30}", "\\PC{0,12}", "[aİΣß日本 -]{0,8}"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// No false negatives: every token and substring of every open value written is "may
+    /// contain" in its segment's index, every pii token in the pii filter under its column, every
+    /// token and substring of bad-line text in the hidden part; with values in columns and in the
+    /// overflow object, flushed and then compacted.
+    #[test]
+    fn term_indexes_find_every_token_and_substring_written(
+        events in proptest::collection::vec((text_value(), text_value(), text_value(), text_value()), 1..16)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let mut c = cfg(dir.path());
+        c.compact_inputs_min = 2;
+        let store = Store::open(c).unwrap();
+        // The first line makes `code` and `pii_code` integer columns, so the strings below go to
+        // the overflow object under the same keys.
+        let mut lines = vec![r#"{"time_ns":1795410000000000000,"code":1,"pii_code":2}"#.to_string()];
+        let (mut open, mut hidden): (Vec<String>, Vec<String>) = (vec!["src-a".into()], vec![]);
+        let mut pii: Vec<(&str, String)> = vec![];
+        for (i, (msg, uid, raw, over)) in events.iter().enumerate() {
+            let line = serde_json::json!({
+                "time_ns": T0 + i as u64, "msg": msg, "pii_uid": uid, "sluice_raw": raw,
+                "code": over, "pii_code": uid,
+            });
+            lines.push(line.to_string());
+            lines.push(format!("not json {raw}"));
+            open.extend([msg.clone(), over.clone()]);
+            hidden.extend([raw.clone(), format!("not json {raw}")]);
+            pii.extend([("pii_uid", uid.clone()), ("pii_code", uid.clone())]);
+        }
+        let half = lines.len() / 2;
+        rt.block_on(store.commit(batch(30, "C", 0, &lines[..half], false))).unwrap();
+        store.flush().unwrap();
+        let start = offsets(&lines)[half];
+        rt.block_on(store.commit(batch(30, "C", start, &lines[half..], false))).unwrap();
+        store.flush().unwrap();
+        for round in ["flushed", "compacted"] {
+            let segments = store.manifest().segments;
+            let indexes: Vec<SegmentTerms> = segments.iter().map(|s| load_terms(&store, &rt, &s.path)).collect();
+            let any = |f: &dyn Fn(&SegmentTerms) -> bool| indexes.iter().any(f);
+            for v in &open {
+                for t in tokens(v) {
+                    prop_assert!(any(&|x| x.may_contain_token(&normalize(t))), "{round}: token {t:?} of {v:?}");
+                }
+                prop_assert!(any(&|x| x.may_contain_substring(v)), "{round}: substring {v:?}");
+            }
+            for (column, v) in &pii {
+                for t in tokens(v) {
+                    prop_assert!(any(&|x| x.may_contain_pii_token(column, &normalize(t))), "{round}: {column} {t:?}");
+                }
+            }
+            for v in &hidden {
+                prop_assert!(any(&|x| x.may_contain_hidden_words(v)), "{round}: hidden words {v:?}");
+                prop_assert!(any(&|x| x.may_contain_hidden_substring(v)), "{round}: hidden substring {v:?}");
+            }
+            store.compact().unwrap();
+        }
+        assert_term_indexes_consistent(&store, &rt);
+    }
+}
+
+#[test]
+fn pii_values_and_bad_line_text_stay_out_of_the_open_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    let lines: Vec<String> = [
+        r#"{"time_ns":1000000000000000000,"pii_uid":"U577019 alice@example.com","pii_n":5}"#,
+        r#"{"time_ns":1000000000000000001,"pii_n":"Secret-X","sluice_raw":"{\"pii_uid\":\"U577019\"}"}"#,
+        r#"garbage U577019 line"#,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    rt.block_on(store.commit(batch(31, "C", 0, &lines, false))).unwrap();
+    store.flush().unwrap();
+    // The bad line's time is its receive time, years later: it is in a segment of its own.
+    let segments = store.manifest().segments;
+    assert_eq!(segments.len(), 2);
+    let indexes: Vec<SegmentTerms> = segments.iter().map(|s| load_terms(&store, &rt, &s.path)).collect();
+    // The open filters hold only `sluice_source` ("src-a") and what callers without the pii role
+    // see in place of the bad-line text: nothing of the pii values or of the raw lines.
+    let open_text = ["src-a", sluice_store::terms::MASKED_TEXT];
+    let want_tokens: BTreeSet<String> = open_text.iter().flat_map(|v| tokens(v).map(normalize)).collect();
+    let want_trigrams: BTreeSet<[u8; 3]> = open_text.iter().flat_map(|v| sluice_query::trigrams(v)).collect();
+    for t in &indexes {
+        let items = t.items();
+        assert_eq!((items.tokens, items.trigrams), (want_tokens.len() as u64, want_trigrams.len() as u64));
+        assert!(t.may_contain_words("src-a") && t.may_contain_words("(hidden)") && t.may_contain_substring("hidde"));
+        for probe in ["u577019", "alice", "secret", "garbage"] {
+            assert!(!t.may_contain_token(probe), "{probe} is not open text");
+        }
+        assert!(!t.may_contain_substring("577") && !t.may_contain_substring("garb"));
+    }
+    // The restricted filter has them, for callers with the pii role.
+    let (t, bad) = (&indexes[0], &indexes[1]);
+    assert!(t.may_contain_pii_token("pii_uid", "u577019") && t.may_contain_pii_words("pii_uid", "alice@EXAMPLE"));
+    assert!(t.may_contain_pii_words("pii_n", "secret-x"));
+    assert!(!t.may_contain_pii_token("pii_other", "u577019"), "pairs are per column");
+    assert!(t.may_contain_hidden_words("U577019") && t.may_contain_hidden_substring("d\":\"u5"));
+    assert!(bad.may_contain_hidden_words("garbage line") && bad.may_contain_hidden_substring("bage u57"));
+}
+
+/// A tiny deterministic generator for test data.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A word of 5 to 9 letters from `letters`.
+    fn word(&mut self, letters: &[u8]) -> String {
+        let len = 5 + (self.next() % 5) as usize;
+        (0..len).map(|_| letters[(self.next() % letters.len() as u64) as usize] as char).collect()
+    }
+}
+
+#[test]
+fn an_absent_token_is_rejected_by_most_segments_near_the_target_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    let mut rng = XorShift(0x5eed);
+    const DATA: &[u8] = b"abcdefghijklm";
+    const ABSENT: &[u8] = b"nopqrstuvwxyz";
+    // Three hour partitions (three segments) of 2,000 events with four random words each.
+    let mut lines = Vec::new();
+    for hour in 0..3u64 {
+        for i in 0..2000u64 {
+            let msg: Vec<String> = (0..4).map(|_| rng.word(DATA)).collect();
+            lines.push(format!(r#"{{"time_ns":{},"msg":"{}"}}"#, T0 + hour * HOUR_NS + i, msg.join(" ")));
+        }
+    }
+    rt.block_on(store.commit(batch(32, "C", 0, &lines, false))).unwrap();
+    store.flush().unwrap();
+    let segments = store.manifest().segments;
+    assert_eq!(segments.len(), 3);
+    let indexes: Vec<SegmentTerms> = segments.iter().map(|s| load_terms(&store, &rt, &s.path)).collect();
+    let probes: Vec<String> = (0..3000).map(|_| rng.word(ABSENT)).collect();
+    let checks = (probes.len() * indexes.len()) as f64;
+    let token_hits = probes.iter().flat_map(|p| indexes.iter().filter(move |t| t.may_contain_token(p))).count();
+    let trigram_hits =
+        probes.iter().flat_map(|p| indexes.iter().filter(move |t| t.may_contain_substring(&p[..3]))).count();
+    let (token_rate, trigram_rate) = (token_hits as f64 / checks, trigram_hits as f64 / checks);
+    eprintln!(
+        "false positives: tokens {token_rate:.4}, 3-grams {trigram_rate:.4} (target {})",
+        sluice_store::terms::FPR_TARGET
+    );
+    assert!(token_rate < 3.0 * sluice_store::terms::FPR_TARGET, "token false-positive rate {token_rate}");
+    assert!(trigram_rate < 3.0 * sluice_store::terms::FPR_TARGET, "3-gram false-positive rate {trigram_rate}");
+    // A present word is never rejected, a longer absent substring almost always is.
+    assert!(lines[0].split('"').nth(5).unwrap().split(' ').all(|w| indexes.iter().any(|t| t.may_contain_token(w))));
+    assert!(indexes.iter().all(|t| !t.may_contain_substring(&probes[0])));
+}
+
+#[test]
+fn term_indexes_come_and_go_with_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = cfg(dir.path());
+    let store = Store::open(c.clone()).unwrap();
+    let lines = chunk_lines(33, "C", 50);
+    let off = offsets(&lines);
+    for part in 0..5 {
+        let r = part * 10..(part + 1) * 10;
+        rt.block_on(store.commit(batch(33, "C", off[r.start], &lines[r], false))).unwrap();
+        store.flush().unwrap();
+        assert_term_indexes_consistent(&store, &rt);
+    }
+    let inputs: Vec<String> = store.manifest().segments.iter().map(|s| s.path.clone()).collect();
+    assert_eq!(files_under_segments(dir.path()).len(), 10);
+    assert_eq!(store.compact().unwrap(), 1);
+    assert_term_indexes_consistent(&store, &rt);
+    for p in &inputs {
+        assert!(!dir.path().join(terms_path(p)).exists(), "{p}: the input's index is deleted with it");
+    }
+    // The compacted segment's index has every line's words.
+    let out = store.manifest().segments[0].path.clone();
+    let t = rt.block_on(store.segment_terms(&out));
+    assert!(t.is_available());
+    assert!((0..50).all(|i| t.may_contain_words(&format!("line {i}"))) && t.may_contain_words("s33 cC"));
+    // Retention deletes segment and index.
+    drop(store);
+    c.retention_age_max = std::time::Duration::from_secs(1800);
+    let store = Store::open(c).unwrap();
+    assert_eq!(store.apply_retention(now_ns() + HOUR_NS).unwrap(), 1);
+    assert!(files_under_segments(dir.path()).is_empty());
+    assert_eq!(store.stats().terms_unavailable, 0);
+}
+
+#[test]
+fn a_missing_or_corrupt_term_index_answers_may_contain_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = cfg(dir.path());
+    c.compact_inputs_min = 2;
+    {
+        let store = Store::open(c.clone()).unwrap();
+        for chunk in ["C", "D"] {
+            rt.block_on(store.commit(batch(34, chunk, 0, &chunk_lines(34, chunk, 5), true))).unwrap();
+            store.flush().unwrap();
+        }
+    }
+    let segs: Vec<String> =
+        Store::open(c.clone()).unwrap().manifest().segments.iter().map(|s| s.path.clone()).collect();
+    let corrupt = dir.path().join(terms_path(&segs[0]));
+    let mut data = std::fs::read(&corrupt).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    std::fs::write(&corrupt, data).unwrap();
+    std::fs::remove_file(dir.path().join(terms_path(&segs[1]))).unwrap();
+    // Start keeps the damaged index of a live segment (it is not a leftover).
+    let store = Store::open(c).unwrap();
+    assert!(corrupt.exists());
+    let objects = store.object_store();
+    match rt.block_on(SegmentTerms::load(objects.as_ref(), &segs[0])) {
+        Err(TermsError::Invalid { reason, .. }) => assert_eq!(reason, "checksum mismatch"),
+        other => panic!("expected an invalid index, got {other:?}"),
+    }
+    assert!(matches!(rt.block_on(SegmentTerms::load(objects.as_ref(), &segs[1])), Err(TermsError::Missing { .. })));
+    for _ in 0..2 {
+        for seg in &segs {
+            let t = rt.block_on(store.segment_terms(seg));
+            assert!(!t.is_available());
+            assert!(t.may_contain_token("anything") && t.may_contain_substring("zzzz"));
+            assert!(t.may_contain_pii_token("pii_uid", "x") && t.may_contain_hidden_token("x"));
+        }
+    }
+    let st = store.stats();
+    assert_eq!(st.terms_unavailable, 2, "counted once per segment");
+    assert!(st.terms_error.unwrap().contains(".terms"));
+    // The segments are still read in full, and compaction writes them a fresh index.
+    assert_eq!(all_rows(&store).len(), 10);
+    assert_eq!(store.compact().unwrap(), 1);
+    assert_term_indexes_consistent(&store, &rt);
+    let out = store.manifest().segments[0].path.clone();
+    assert!(rt.block_on(store.segment_terms(&out)).may_contain_words("s34 cD line 4"));
 }

@@ -1,0 +1,999 @@
+//! Per-segment term indexes: a sidecar file beside every segment holding bloom filters of the
+//! tokens and 3-grams of its searchable text, so that a needle query can skip the segments that
+//! cannot match (SPEC §3).
+//!
+//! This module builds, writes, reads and caches the indexes and answers "may this segment contain
+//! …?". It does not decide which segments a query reads (the query engine does, following the
+//! rules below) and does not change the segments themselves.
+//!
+//! # What is indexed
+//!
+//! Only string values, split with [`sluice_query::tokens`] and lowercased with
+//! [`sluice_query::normalize`], and cut into 3-grams with [`sluice_query::trigrams`]: the same
+//! functions bare-word search uses, so a token the search looks for is found in a segment's
+//! index whenever the segment holds it. Integer values are not indexed. Each string column (and
+//! each key inside the `sluice_overflow` JSON object, whose string values are indexed one by one,
+//! never the JSON text) falls into one [`ColumnClass`]:
+//!
+//! | class | columns / overflow keys | where |
+//! |---|---|---|
+//! | open | every other string column, `sluice_source` included | token and 3-gram filters |
+//! | hidden | `sluice_raw`, `sluice_raw_b64`, `sluice_bad_values`, overflow `sluice_unparsed` | restricted filter: tokens and 3-grams |
+//! | pii | names starting with `pii_` | restricted filter: (name, token) pairs |
+//! | not indexed | `sluice_stream`, `sluice_overflow` as a whole, non-string columns | — |
+//!
+//! The open filters hold only what every caller may search, so any caller may prune with them.
+//! The hidden columns hold the original text of bad lines, which may contain personal data and
+//! which the API shows only to callers with the `pii` role ([`MASKED_TEXT`] to the others);
+//! pruning on them for another caller would confirm that a value exists. So would pruning on
+//! `pii_*` values. Both therefore live in the restricted filter, which only a query run for a
+//! caller with the `pii` role may consult. When a segment holds hidden text, the open filters
+//! also hold the tokens and 3-grams of [`MASKED_TEXT`], which is what other callers see there.
+//!
+//! A bare word or phrase is absent from a segment if one of its tokens is absent:
+//! [`SegmentTerms::may_contain_words`] for everybody, plus
+//! [`SegmentTerms::may_contain_hidden_words`] for a caller with the `pii` role. A substring
+//! (`LIKE '%text%'` on an open column) is absent if one of its 3-grams, taken after
+//! [`sluice_query::normalize`], is absent: that holds for case-sensitive matching and for
+//! case-insensitive matching that lowercases character by character as `normalize` does.
+//! A value the builder cannot read (an overflow object that does not parse, which the store
+//! never writes) makes every filter of the segment answer "may contain".
+//!
+//! # Sizing
+//!
+//! Each filter is sized from the number of distinct items counted while building: about 9.6 bits
+//! and 7 hash functions per item for a false-positive rate of [`FPR_TARGET`] (1%). The three
+//! filters of one segment together take at most [`TERMS_BYTES_MAX`] bytes; beyond that every
+//! filter is shrunk in proportion, so the false-positive rate grows (about 10% at half the bits
+//! per item) but building never fails. The 3-gram filter's items are at most the 2^24 possible
+//! byte triples. Positions come from one xxh3-64 hash per item by double hashing
+//! (`h1 + i·h2 mod bits`, with `h1`, `h2` its low and high 32 bits). Items: a token's UTF-8
+//! bytes; a 3-gram's three bytes; in the restricted filter, with seeds [`SEED_PII`],
+//! [`SEED_HIDDEN_TOKEN`] and [`SEED_HIDDEN_TRIGRAM`], `column 0xFF token` (0xFF never occurs in
+//! UTF-8), the token, or the three bytes.
+//!
+//! # File format
+//!
+//! `seg-N.terms` beside `seg-N.parquet` ([`terms_path`]); all integers little-endian:
+//!
+//! ```text
+//! offset  size        field
+//! 0       8           magic "SLTERMS\0"
+//! 8       4           version (1)
+//! 12      4           filter count (3: tokens, 3-grams, restricted)
+//! 16      8           rows of the segment
+//! 24      3 × 24      per filter: items u64 (distinct items inserted), hashes u32,
+//!                     flags u32 (bit 0: shrunk below the target rate by the cap), words u64
+//! 96      8 × words   the bit words of each filter in turn (bit i is bit i%64 of word i/64)
+//! end-4   4           crc32c of every byte before it
+//! ```
+//!
+//! A filter with no items has no words and contains nothing.
+//!
+//! # Life cycle and crash safety
+//!
+//! A segment's sidecar is written and fsynced (through a temporary name and a rename, like the
+//! segment) before the manifest lists the segment, and deleted with it by compaction and
+//! retention; at start, sidecars of segments the manifest does not list are deleted with the other
+//! leftovers. A live segment whose sidecar is missing or does not verify stays queryable: the
+//! store's [`TermsCache`] then answers "may contain" for it, counts it
+//! ([`crate::StoreStats::terms_unavailable`]) and keeps the reason. It is not rebuilt in place;
+//! a compaction that rewrites the segment writes a new one.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use object_store::{path::Path as ObjectPath, ObjectStore, ObjectStoreExt};
+use sluice_query::{normalize, tokens, trigrams, PII_PREFIX};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::buffer::{COL_OVERFLOW, COL_STREAM, OVERFLOW_UNPARSED};
+
+/// False-positive rate each filter is sized for (below the cap).
+pub const FPR_TARGET: f64 = 0.01;
+/// Most bytes the filters of one segment take together. About 3.5 million distinct items fit at
+/// the target rate; a bigger segment gets a higher rate.
+pub const TERMS_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of term indexes [`TermsCache`] keeps in memory by default.
+pub const TERMS_CACHE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+/// Version written; another version is not read (the segment is then searched without it).
+pub const TERMS_VERSION: u32 = 1;
+/// What the API shows callers without the `pii` role instead of hidden text.
+pub const MASKED_TEXT: &str = "(hidden)";
+/// Hash seeds of the restricted filter's three kinds of item.
+pub const SEED_PII: u64 = 1;
+pub const SEED_HIDDEN_TOKEN: u64 = 2;
+pub const SEED_HIDDEN_TRIGRAM: u64 = 3;
+
+const MAGIC: [u8; 8] = *b"SLTERMS\0";
+const FILTERS: usize = 3;
+const HEADER_BYTES: usize = 24 + FILTERS * 24;
+const CRC_BYTES: usize = 4;
+const SEGMENT_EXTENSION: &str = ".parquet";
+const TERMS_EXTENSION: &str = ".terms";
+/// More hash functions than this buy nothing at any sensible rate.
+const HASHES_MAX: u32 = 16;
+const FLAG_SHRUNK: u32 = 1;
+/// Values remembered to skip repeats (`level`, `rpc_method`, `sluice_source` repeat on most
+/// rows): a direct-mapped table of value hashes, small enough to stay in the L1 cache.
+const SEEN_SLOTS: usize = 1024;
+/// The same for item hashes, in front of each set of distinct items: common words repeat on most
+/// rows, and a probe of a set of a hundred thousand items misses the caches.
+const RECENT_SLOTS: usize = 1024;
+/// Every possible 3-gram is a 24-bit number: a bitmap of them is 2 MiB.
+const TRIGRAM_SPACE: usize = 1 << 24;
+/// Rough in-memory overhead of one cached index beyond its filters, for the cache's budget.
+const CACHE_ENTRY_OVERHEAD_BYTES: usize = 256;
+
+/// The sidecar path of a segment: `.parquet` replaced by `.terms`.
+///
+/// ```
+/// assert_eq!(sluice_store::terms_path("segments/d/seg-000000000001.parquet"), "segments/d/seg-000000000001.terms");
+/// ```
+pub fn terms_path(segment_path: &str) -> String {
+    let stem = segment_path.strip_suffix(SEGMENT_EXTENSION).unwrap_or(segment_path);
+    format!("{stem}{TERMS_EXTENSION}")
+}
+
+/// How the values of a string column (or of an overflow key) are indexed; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnClass {
+    /// In the token and 3-gram filters: any caller may prune with them.
+    Open,
+    /// Original text of bad lines: tokens and 3-grams in the restricted filter.
+    Hidden,
+    /// Personal data: (name, token) pairs in the restricted filter.
+    Pii,
+    /// Not indexed.
+    NotIndexed,
+}
+
+/// The class of a column or overflow key by its name (string values only are ever indexed).
+pub fn column_class(name: &str) -> ColumnClass {
+    use sluice_event::{KEY_BAD_VALUES, KEY_RAW, KEY_RAW_B64};
+    if name.starts_with(PII_PREFIX) {
+        ColumnClass::Pii
+    } else if [KEY_RAW, KEY_RAW_B64, KEY_BAD_VALUES, OVERFLOW_UNPARSED].contains(&name) {
+        ColumnClass::Hidden
+    } else if name == COL_STREAM || name == COL_OVERFLOW {
+        ColumnClass::NotIndexed
+    } else {
+        ColumnClass::Open
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TermsError {
+    #[error("term index {path} is missing; the segment is read without it until a compaction rewrites it")]
+    Missing { path: String },
+    #[error(
+        "term index {path} is not valid ({reason}); the segment is read without it until a compaction rewrites it"
+    )]
+    Invalid { path: String, reason: String },
+    #[error("term index {path}: {source}; check that the data directory is readable")]
+    Store { path: String, source: object_store::Error },
+}
+
+/// Identity hashing for sets of xxh3 values, which are already well mixed.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed");
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashValues = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// Printable ASCII but upper-case letters (which normalised text has none of): 69 bytes.
+const DENSE_BYTES: usize = 0x7F - 0x20 - 26;
+/// 3-grams of only [`DENSE_BYTES`]: a 41 KiB bitmap, which stays in the CPU caches where one of
+/// all 2^24 3-grams (2 MiB) would not.
+const DENSE_TRIGRAMS: usize = DENSE_BYTES * DENSE_BYTES * DENSE_BYTES;
+const NOT_DENSE: u8 = u8::MAX;
+/// Byte → dense code, or [`NOT_DENSE`].
+const DENSE_CODE: [u8; 256] = {
+    let mut t = [NOT_DENSE; 256];
+    let (mut b, mut code) = (0x20usize, 0u8);
+    while b < 0x7F {
+        if !(b >= 0x41 && b <= 0x5A) {
+            t[b] = code;
+            code += 1;
+        }
+        b += 1;
+    }
+    t
+};
+/// Dense code → byte.
+const DENSE_BYTE: [u8; DENSE_BYTES] = {
+    let mut t = [0u8; DENSE_BYTES];
+    let mut b = 0;
+    while b < 256 {
+        if DENSE_CODE[b] != NOT_DENSE {
+            t[DENSE_CODE[b] as usize] = b as u8;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// A set of 3-grams: a bitmap of the common ones (see [`DENSE_TRIGRAMS`]) and, made when first
+/// needed, one over all 2^24 byte triples for the others.
+struct TrigramSet {
+    dense: Vec<u64>,
+    wide: Option<Vec<u64>>,
+}
+
+impl TrigramSet {
+    fn new() -> TrigramSet {
+        TrigramSet { dense: vec![0; DENSE_TRIGRAMS.div_ceil(64)], wide: None }
+    }
+
+    fn insert(&mut self, g: [u8; 3]) {
+        let c = g.map(|b| DENSE_CODE[b as usize]);
+        let (bits, i) = if c.contains(&NOT_DENSE) {
+            let wide = self.wide.get_or_insert_with(|| vec![0; TRIGRAM_SPACE / 64]);
+            (wide, u32::from_be_bytes([0, g[0], g[1], g[2]]) as usize)
+        } else {
+            let [a, b, c] = c.map(usize::from);
+            (&mut self.dense, (a * DENSE_BYTES + b) * DENSE_BYTES + c)
+        };
+        bits[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Insert every 3-byte window of `text`; text of dense bytes only, most of it, skips the
+    /// per-window check.
+    fn insert_text(&mut self, text: &[u8]) {
+        if text.iter().any(|&b| DENSE_CODE[b as usize] == NOT_DENSE) {
+            for w in text.windows(3) {
+                self.insert([w[0], w[1], w[2]]);
+            }
+            return;
+        }
+        let code = |b: u8| usize::from(DENSE_CODE[b as usize]);
+        for w in text.windows(3) {
+            // Each window computed on its own: no chain from one to the next for the CPU to wait on.
+            let i = (code(w[0]) * DENSE_BYTES + code(w[1])) * DENSE_BYTES + code(w[2]);
+            self.dense[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    fn len(&self) -> u64 {
+        let ones = |v: &Vec<u64>| v.iter().map(|w| u64::from(w.count_ones())).sum::<u64>();
+        ones(&self.dense) + self.wide.as_ref().map_or(0, ones)
+    }
+
+    /// Every 3-gram in the set, once.
+    fn iter(&self) -> impl Iterator<Item = [u8; 3]> + '_ {
+        let dense = set_bits(&self.dense).map(|i| {
+            let (ab, c) = (i / DENSE_BYTES, i % DENSE_BYTES);
+            [DENSE_BYTE[ab / DENSE_BYTES], DENSE_BYTE[ab % DENSE_BYTES], DENSE_BYTE[c]]
+        });
+        let wide = self.wide.iter().flat_map(|w| set_bits(w)).map(|i| {
+            let [_, a, b, c] = (i as u32).to_be_bytes();
+            [a, b, c]
+        });
+        dense.chain(wide)
+    }
+}
+
+/// Indices of the set bits of a bitmap, ascending.
+fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    words.iter().enumerate().flat_map(|(wi, &w)| {
+        let mut bits = w;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(wi * 64 + b)
+        })
+    })
+}
+
+/// Collects the distinct items of one segment; [`TermsBuilder::finish`] sizes and fills the
+/// filters and encodes the file.
+pub struct TermsBuilder {
+    rows: u64,
+    open_tokens: HashValues,
+    open_trigrams: TrigramSet,
+    /// Pii pairs and hidden tokens, already hashed with their seeds.
+    restricted: HashValues,
+    hidden_trigrams: Option<TrigramSet>,
+    seen: Vec<u64>,
+    recent_open: Vec<u64>,
+    recent_restricted: Vec<u64>,
+    pair: Vec<u8>,
+    lower: Vec<u8>,
+    /// A value could not be read: every filter must answer "may contain".
+    unreadable: bool,
+}
+
+impl Default for TermsBuilder {
+    fn default() -> Self {
+        TermsBuilder::new()
+    }
+}
+
+impl TermsBuilder {
+    pub fn new() -> TermsBuilder {
+        TermsBuilder {
+            rows: 0,
+            open_tokens: HashValues::default(),
+            open_trigrams: TrigramSet::new(),
+            restricted: HashValues::default(),
+            hidden_trigrams: None,
+            seen: vec![0; SEEN_SLOTS],
+            recent_open: vec![0; RECENT_SLOTS],
+            recent_restricted: vec![0; RECENT_SLOTS],
+            pair: Vec::new(),
+            lower: Vec::new(),
+            unreadable: false,
+        }
+    }
+
+    /// Index every string value of `batch` by its column's class.
+    pub fn add_batch(&mut self, batch: &RecordBatch) {
+        self.rows += batch.num_rows() as u64;
+        let schema = batch.schema();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            let name = field.name().as_str();
+            if name == COL_OVERFLOW {
+                for_each_str(column.as_ref(), |json| self.add_overflow(json));
+                continue;
+            }
+            let class = column_class(name);
+            if class != ColumnClass::NotIndexed {
+                for_each_str(column.as_ref(), |v| self.add_value(class, name, v));
+            }
+        }
+    }
+
+    /// Index the string values of one overflow JSON object by their keys' classes. Keys may repeat
+    /// (later values of a duplicate key), so the object is walked rather than collected.
+    fn add_overflow(&mut self, json: &str) {
+        let mut pairs = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(json);
+        // The store writes this JSON itself, so it parses; if it ever did not, its text could be
+        // anything of any class, and only an index that rules nothing out is safe.
+        if serde::Deserializer::deserialize_map(&mut de, OverflowPairs(&mut pairs)).is_err() {
+            self.unreadable = true;
+            return;
+        }
+        for (key, value) in pairs {
+            let class = column_class(&key);
+            if class != ColumnClass::NotIndexed {
+                self.add_value(class, &key, &value);
+            }
+        }
+    }
+
+    /// Index one string value of the column (or overflow key) `name` of class `class`.
+    pub fn add_value(&mut self, class: ColumnClass, name: &str, value: &str) {
+        let seed = match class {
+            ColumnClass::Open => 0,
+            ColumnClass::Hidden => SEED_HIDDEN_TOKEN,
+            ColumnClass::Pii => SEED_PII ^ xxh3_64(name.as_bytes()),
+            ColumnClass::NotIndexed => return,
+        };
+        // A repeat of a recent value adds nothing; hash 0 is the empty slot and always indexed.
+        let h = xxh3_64_with_seed(value.as_bytes(), seed);
+        let slot = &mut self.seen[(h as usize) % SEEN_SLOTS];
+        if *slot == h && h != 0 {
+            return;
+        }
+        *slot = h;
+        let lower = &mut self.lower;
+        match class {
+            ColumnClass::Open => {
+                let (set, recent, grams) = (&mut self.open_tokens, &mut self.recent_open, &mut self.open_trigrams);
+                let on_token = |t: &[u8]| insert_hash(set, recent, xxh3_64(t));
+                for_each_term(value, lower, true, on_token, |text| grams.insert_text(text));
+            }
+            ColumnClass::Hidden => {
+                let (set, recent) = (&mut self.restricted, &mut self.recent_restricted);
+                let grams = self.hidden_trigrams.get_or_insert_with(TrigramSet::new);
+                let on_token = |t: &[u8]| insert_hash(set, recent, xxh3_64_with_seed(t, SEED_HIDDEN_TOKEN));
+                for_each_term(value, lower, true, on_token, |text| grams.insert_text(text));
+            }
+            ColumnClass::Pii => {
+                let (set, recent, pair) = (&mut self.restricted, &mut self.recent_restricted, &mut self.pair);
+                let on_token = |t: &[u8]| {
+                    pair_item(pair, name, t);
+                    insert_hash(set, recent, xxh3_64_with_seed(pair, SEED_PII));
+                };
+                for_each_term(value, lower, false, on_token, |_| {});
+            }
+            ColumnClass::NotIndexed => {}
+        }
+    }
+
+    /// Size the filters, fill them and encode the sidecar file.
+    pub fn finish(mut self) -> Bytes {
+        if self.hidden_trigrams.is_some() {
+            for token in tokens(MASKED_TEXT) {
+                self.open_tokens.insert(xxh3_64(normalize(token).as_bytes()));
+            }
+            for g in trigrams(MASKED_TEXT) {
+                self.open_trigrams.insert(g);
+            }
+        }
+        let hidden_trigrams = self.hidden_trigrams.as_ref().map_or(0, TrigramSet::len);
+        let items =
+            [self.open_tokens.len() as u64, self.open_trigrams.len(), self.restricted.len() as u64 + hidden_trigrams];
+        let mut filters = size_filters(items);
+        for &h in &self.open_tokens {
+            filters[0].insert(h);
+        }
+        for g in self.open_trigrams.iter() {
+            filters[1].insert(xxh3_64(&g));
+        }
+        for &h in &self.restricted {
+            filters[2].insert(h);
+        }
+        if let Some(hidden) = &self.hidden_trigrams {
+            for g in hidden.iter() {
+                filters[2].insert(xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM));
+            }
+        }
+        if self.unreadable {
+            for f in &mut filters {
+                f.items = f.items.max(1);
+                f.hashes = f.hashes.max(1);
+                f.words = vec![u64::MAX; f.words.len().max(1)];
+            }
+        }
+        encode(self.rows, &filters)
+    }
+}
+
+/// Add an item hash to `set` unless `recent` shows it was just added.
+fn insert_hash(set: &mut HashValues, recent: &mut [u64], h: u64) {
+    let slot = &mut recent[(h as usize) % RECENT_SLOTS];
+    // 0 marks an empty slot, so an item hashing to 0 always goes to the set.
+    if *slot != h || h == 0 {
+        *slot = h;
+        set.insert(h);
+    }
+}
+
+/// `column 0xFF token`, the restricted filter's item for a pii value's token.
+fn pair_item(out: &mut Vec<u8>, column: &str, normalized: &[u8]) {
+    out.clear();
+    out.extend_from_slice(column.as_bytes());
+    out.push(0xFF);
+    out.extend_from_slice(normalized);
+}
+
+/// Call `on_token` with each normalised token of `value` and (if `want_text`) `on_text` with the
+/// normalised text, whose 3-byte windows are its 3-grams, exactly as [`sluice_query::tokens`],
+/// [`sluice_query::normalize`] and [`sluice_query::trigrams`] make them. ASCII text, most of it,
+/// takes a path that allocates nothing: for ASCII, `char::is_alphanumeric` and
+/// `char::to_lowercase` are their ASCII forms (a test checks both paths agree on any text).
+fn for_each_term(
+    value: &str,
+    lower: &mut Vec<u8>,
+    want_text: bool,
+    mut on_token: impl FnMut(&[u8]),
+    mut on_text: impl FnMut(&[u8]),
+) {
+    if !value.is_ascii() {
+        for token in tokens(value) {
+            on_token(normalize(token).as_bytes());
+        }
+        if want_text {
+            on_text(normalize(value).as_bytes());
+        }
+        return;
+    }
+    lower.clear();
+    lower.extend(value.bytes().map(|b| b.to_ascii_lowercase()));
+    for token in lower.split(|b| !b.is_ascii_alphanumeric()).filter(|t| !t.is_empty()) {
+        on_token(token);
+    }
+    if want_text {
+        on_text(lower);
+    }
+}
+
+/// Call `f` with every non-null value of a string array; other arrays are skipped.
+fn for_each_str(array: &dyn Array, mut f: impl FnMut(&str)) {
+    if array.null_count() == array.len() {
+        return;
+    }
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().iter().flatten().for_each(&mut f),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().flatten().for_each(&mut f),
+        DataType::Utf8View => array.as_string_view().iter().flatten().for_each(&mut f),
+        _ => {}
+    }
+}
+
+/// Visits an overflow object's pairs in order, keeping the string values.
+struct OverflowPairs<'a>(&'a mut Vec<(String, String)>);
+
+impl<'de> serde::de::Visitor<'de> for OverflowPairs<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if let serde_json::Value::String(s) = map.next_value::<serde_json::Value>()? {
+                self.0.push((key, s));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One bloom filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Bloom {
+    items: u64,
+    hashes: u32,
+    flags: u32,
+    words: Vec<u64>,
+}
+
+impl Bloom {
+    fn bits(&self) -> u64 {
+        self.words.len() as u64 * 64
+    }
+
+    /// The `hashes` bit positions of an item hash: `h1 + i·h2 mod bits` (double hashing).
+    fn position(h: u64, i: u64, bits: u64) -> u64 {
+        let (h1, h2) = (h & 0xFFFF_FFFF, h >> 32);
+        h1.wrapping_add(i.wrapping_mul(h2)) % bits
+    }
+
+    fn insert(&mut self, h: u64) {
+        let bits = self.bits();
+        for i in 0..u64::from(self.hashes) {
+            let p = Bloom::position(h, i, bits);
+            self.words[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+
+    fn contains(&self, h: u64) -> bool {
+        let bits = self.bits();
+        bits > 0
+            && (0..u64::from(self.hashes)).all(|i| {
+                let p = Bloom::position(h, i, bits);
+                self.words[(p / 64) as usize] & (1 << (p % 64)) != 0
+            })
+    }
+}
+
+/// Bits per item for `fpr` in an optimally loaded bloom filter: `-ln(fpr) / ln(2)^2`.
+fn bits_per_item(fpr: f64) -> f64 {
+    -fpr.ln() / (std::f64::consts::LN_2 * std::f64::consts::LN_2)
+}
+
+/// Empty filters for `items` distinct items each, at the target rate within the byte cap.
+fn size_filters(items: [u64; FILTERS]) -> [Bloom; FILTERS] {
+    let want: [f64; FILTERS] = items.map(|n| n as f64 * bits_per_item(FPR_TARGET));
+    let total_bits: f64 = want.iter().sum();
+    let cap_bits = (TERMS_BYTES_MAX - HEADER_BYTES - CRC_BYTES) as f64 * 8.0;
+    let scale = if total_bits > cap_bits { cap_bits / total_bits } else { 1.0 };
+    std::array::from_fn(|i| {
+        if items[i] == 0 {
+            return Bloom { items: 0, hashes: 0, flags: 0, words: Vec::new() };
+        }
+        // Rounded down to whole words under the cap, but never below one word.
+        let words = ((want[i] * scale) / 64.0).floor().max(1.0) as usize;
+        let words = if scale < 1.0 { words } else { words.max((want[i] / 64.0).ceil() as usize) };
+        let per_item = (words * 64) as f64 / items[i] as f64;
+        let hashes = (per_item * std::f64::consts::LN_2).round().clamp(1.0, f64::from(HASHES_MAX)) as u32;
+        let flags = if scale < 1.0 { FLAG_SHRUNK } else { 0 };
+        Bloom { items: items[i], hashes, flags, words: vec![0; words] }
+    })
+}
+
+fn encode(rows: u64, filters: &[Bloom; FILTERS]) -> Bytes {
+    let words: usize = filters.iter().map(|f| f.words.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_BYTES + words * 8 + CRC_BYTES);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&TERMS_VERSION.to_le_bytes());
+    out.extend_from_slice(&(FILTERS as u32).to_le_bytes());
+    out.extend_from_slice(&rows.to_le_bytes());
+    for f in filters {
+        out.extend_from_slice(&f.items.to_le_bytes());
+        out.extend_from_slice(&f.hashes.to_le_bytes());
+        out.extend_from_slice(&f.flags.to_le_bytes());
+        out.extend_from_slice(&(f.words.len() as u64).to_le_bytes());
+    }
+    for f in filters {
+        for w in &f.words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len(), HEADER_BYTES + words * 8 + CRC_BYTES);
+    Bytes::from(out)
+}
+
+/// Distinct items of each filter of a [`SegmentTerms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermsItems {
+    /// Open tokens (with the tokens of [`MASKED_TEXT`] when the segment holds hidden text).
+    pub tokens: u64,
+    /// Open 3-grams.
+    pub trigrams: u64,
+    /// Pii pairs, hidden tokens and hidden 3-grams.
+    pub restricted: u64,
+}
+
+/// The term index of one segment, loaded and verified; or, when it is unavailable, a stand-in
+/// that answers "may contain" to everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentTerms {
+    rows: u64,
+    /// `None`: unavailable, everything may be contained.
+    filters: Option<[Bloom; FILTERS]>,
+}
+
+impl SegmentTerms {
+    /// Read and verify the sidecar of the segment at `segment_path` in `store`.
+    pub async fn load(store: &dyn ObjectStore, segment_path: &str) -> Result<SegmentTerms, TermsError> {
+        let path = terms_path(segment_path);
+        let got = async { store.get(&ObjectPath::from(path.as_str())).await?.bytes().await }.await;
+        match got {
+            Ok(bytes) => SegmentTerms::from_bytes(&bytes).map_err(|reason| TermsError::Invalid { path, reason }),
+            Err(object_store::Error::NotFound { .. }) => Err(TermsError::Missing { path }),
+            Err(source) => Err(TermsError::Store { path, source }),
+        }
+    }
+
+    /// Parse and verify a sidecar file's bytes; the error says what is wrong.
+    pub fn from_bytes(data: &[u8]) -> Result<SegmentTerms, String> {
+        if data.len() < HEADER_BYTES + CRC_BYTES {
+            return Err(format!("{} bytes is shorter than the header", data.len()));
+        }
+        if data[..8] != MAGIC {
+            return Err("wrong magic".into());
+        }
+        let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let version = u32_at(8);
+        if version != TERMS_VERSION {
+            return Err(format!("version {version} is not {TERMS_VERSION}"));
+        }
+        if u32_at(12) as usize != FILTERS {
+            return Err(format!("{} filters, expected {FILTERS}", u32_at(12)));
+        }
+        let (body, crc) = data.split_at(data.len() - CRC_BYTES);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return Err("checksum mismatch".into());
+        }
+        let rows = u64_at(16);
+        let mut at = HEADER_BYTES;
+        let mut filters = Vec::with_capacity(FILTERS);
+        for i in 0..FILTERS {
+            let d = 24 + i * 24;
+            let (items, hashes, flags, words) = (u64_at(d), u32_at(d + 8), u32_at(d + 12), u64_at(d + 16));
+            let bytes = words.checked_mul(8).filter(|b| *b <= (body.len() - at) as u64).ok_or("filter past the end")?;
+            if (words == 0) != (items == 0) || (words > 0 && !(1..=HASHES_MAX).contains(&hashes)) {
+                return Err(format!("filter {i}: {items} items, {words} words, {hashes} hashes"));
+            }
+            let end = at + bytes as usize;
+            let bits = body[at..end].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+            filters.push(Bloom { items, hashes, flags, words: bits.collect() });
+            at = end;
+        }
+        if at != body.len() {
+            return Err(format!("{} bytes after the filters", body.len() - at));
+        }
+        let filters: [Bloom; FILTERS] = filters.try_into().expect("FILTERS filters were read");
+        Ok(SegmentTerms { rows, filters: Some(filters) })
+    }
+
+    /// The stand-in for a segment whose index is missing or invalid: may contain anything.
+    pub fn unavailable() -> SegmentTerms {
+        SegmentTerms { rows: 0, filters: None }
+    }
+
+    /// Whether this is a real index (not [`SegmentTerms::unavailable`]).
+    pub fn is_available(&self) -> bool {
+        self.filters.is_some()
+    }
+
+    /// Distinct items in each filter (all 0 when unavailable).
+    pub fn items(&self) -> TermsItems {
+        let n = |i: usize| self.filters.as_ref().map_or(0, |f| f[i].items);
+        TermsItems { tokens: n(0), trigrams: n(1), restricted: n(2) }
+    }
+
+    /// Rows of the segment as the index recorded them (0 when unavailable).
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Whether a filter was shrunk by [`TERMS_BYTES_MAX`] (its false-positive rate is above
+    /// [`FPR_TARGET`]).
+    pub fn is_shrunk(&self) -> bool {
+        self.filters.as_ref().is_some_and(|f| f.iter().any(|b| b.flags & FLAG_SHRUNK != 0))
+    }
+
+    fn check(&self, filter: usize, h: u64) -> bool {
+        self.filters.as_ref().is_none_or(|f| f[filter].contains(h))
+    }
+
+    /// May an open value hold this token? `normalized` is one [`sluice_query::tokens`] item
+    /// after [`sluice_query::normalize`]. False means certainly not.
+    pub fn may_contain_token(&self, normalized: &str) -> bool {
+        self.check(0, xxh3_64(normalized.as_bytes()))
+    }
+
+    /// May an open value hold every token of `text` (a bare word or phrase; tokens are split and
+    /// normalised here)? True for text without tokens.
+    pub fn may_contain_words(&self, text: &str) -> bool {
+        tokens(text).all(|t| self.may_contain_token(&normalize(t)))
+    }
+
+    /// May an open value contain `text` as a substring (compared after
+    /// [`sluice_query::normalize`])? Every 3-gram must be present; text shorter than three bytes
+    /// cannot be ruled out.
+    pub fn may_contain_substring(&self, text: &str) -> bool {
+        trigrams(text).all(|g| self.check(1, xxh3_64(&g)))
+    }
+
+    /// May the `pii_*` column (or overflow key) `column` hold this normalized token? Only for a
+    /// query run for a caller with the `pii` role.
+    pub fn may_contain_pii_token(&self, column: &str, normalized: &str) -> bool {
+        let mut item = Vec::with_capacity(column.len() + 1 + normalized.len());
+        pair_item(&mut item, column, normalized.as_bytes());
+        self.check(2, xxh3_64_with_seed(&item, SEED_PII))
+    }
+
+    /// May `column`'s values hold every token of `value` (for `pii_x:value`)? Only for a caller
+    /// with the `pii` role. True for a value without tokens.
+    pub fn may_contain_pii_words(&self, column: &str, value: &str) -> bool {
+        tokens(value).all(|t| self.may_contain_pii_token(column, &normalize(t)))
+    }
+
+    /// May a hidden value (original text of bad lines) hold this normalized token? Only for a
+    /// caller with the `pii` role, whose bare words also search that text.
+    pub fn may_contain_hidden_token(&self, normalized: &str) -> bool {
+        self.check(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+    }
+
+    /// [`SegmentTerms::may_contain_words`] for hidden values; only for a caller with the `pii` role.
+    pub fn may_contain_hidden_words(&self, text: &str) -> bool {
+        tokens(text).all(|t| self.may_contain_hidden_token(&normalize(t)))
+    }
+
+    /// [`SegmentTerms::may_contain_substring`] for hidden values; only for a caller with the `pii`
+    /// role.
+    pub fn may_contain_hidden_substring(&self, text: &str) -> bool {
+        trigrams(text).all(|g| self.check(2, xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM)))
+    }
+
+    /// Bytes the filters take in memory.
+    pub fn bytes(&self) -> usize {
+        self.filters.as_ref().map_or(0, |f| f.iter().map(|b| b.words.len() * 8).sum())
+    }
+}
+
+#[derive(Default)]
+struct CacheState {
+    map: HashMap<String, Arc<SegmentTerms>>,
+    /// Insertion order, oldest first, for eviction (may name entries already forgotten).
+    order: VecDeque<String>,
+    bytes: usize,
+    unavailable: u64,
+    last_error: Option<String>,
+}
+
+/// Loaded term indexes by segment path, within a memory budget (oldest loaded evicted first).
+/// A sidecar that cannot be loaded is remembered as [`SegmentTerms::unavailable`] and counted.
+pub struct TermsCache {
+    bytes_max: usize,
+    state: Mutex<CacheState>,
+}
+
+impl TermsCache {
+    pub fn new(bytes_max: usize) -> TermsCache {
+        TermsCache { bytes_max, state: Mutex::new(CacheState::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        // Nothing here panics while holding the lock; the data stays usable if it did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of the live segment at `segment_path`, loading it if needed.
+    pub async fn get(&self, store: &dyn ObjectStore, segment_path: &str) -> Arc<SegmentTerms> {
+        if let Some(t) = self.lock().map.get(segment_path) {
+            return t.clone();
+        }
+        let terms = match SegmentTerms::load(store, segment_path).await {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                let mut s = self.lock();
+                s.unavailable += 1;
+                s.last_error = Some(e.to_string());
+                Arc::new(SegmentTerms::unavailable())
+            }
+        };
+        let mut s = self.lock();
+        let size = terms.bytes() + CACHE_ENTRY_OVERHEAD_BYTES + segment_path.len();
+        if s.map.insert(segment_path.to_string(), terms.clone()).is_none() {
+            s.order.push_back(segment_path.to_string());
+            s.bytes += size;
+        }
+        while s.bytes > self.bytes_max {
+            let Some(old) = s.order.pop_front() else { break };
+            if let Some(t) = s.map.remove(&old) {
+                s.bytes -= t.bytes() + CACHE_ENTRY_OVERHEAD_BYTES + old.len();
+            }
+        }
+        terms
+    }
+
+    /// Drop a deleted segment's entry.
+    pub fn forget(&self, segment_path: &str) {
+        let mut s = self.lock();
+        if let Some(t) = s.map.remove(segment_path) {
+            s.bytes -= t.bytes() + CACHE_ENTRY_OVERHEAD_BYTES + segment_path.len();
+            s.order.retain(|p| p != segment_path);
+        }
+    }
+
+    /// Sidecars found missing or invalid so far, and the last reason.
+    pub fn unavailable(&self) -> (u64, Option<String>) {
+        let s = self.lock();
+        (s.unavailable, s.last_error.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_layout_parses_and_damage_is_refused() {
+        let mut b = TermsBuilder::new();
+        b.add_value(ColumnClass::Open, "msg", "Connection refused");
+        b.add_value(ColumnClass::Pii, "pii_uid", "U577019");
+        let data = b.finish();
+        assert_eq!(&data[..8], b"SLTERMS\0");
+        assert_eq!(u32::from_le_bytes(data[8..12].try_into().unwrap()), TERMS_VERSION);
+        assert_eq!(u32::from_le_bytes(data[12..16].try_into().unwrap()), 3);
+        let items = |i: usize| u64::from_le_bytes(data[24 + i * 24..32 + i * 24].try_into().unwrap());
+        assert_eq!(items(0), 2, "two tokens");
+        assert_eq!(items(1), 16, "distinct 3-grams of \"connection refused\"");
+        assert_eq!(items(2), 1, "one pii pair");
+        let t = SegmentTerms::from_bytes(&data).unwrap();
+        assert!(t.may_contain_token("connection") && t.may_contain_words("REFUSED"));
+        assert!(t.may_contain_substring("ion ref") && t.may_contain_pii_token("pii_uid", "u577019"));
+        for cut in [0, 10, data.len() - 1] {
+            assert!(SegmentTerms::from_bytes(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = data.to_vec();
+        bad[HEADER_BYTES + 3] ^= 0x10;
+        assert_eq!(SegmentTerms::from_bytes(&bad).unwrap_err(), "checksum mismatch");
+        let mut v2 = data.to_vec();
+        v2[8] = 2;
+        assert!(SegmentTerms::from_bytes(&v2).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn an_unreadable_overflow_object_rules_nothing_out() {
+        let mut b = TermsBuilder::new();
+        b.add_value(ColumnClass::Open, "msg", "hello");
+        b.add_overflow("{\"msg\":");
+        let t = SegmentTerms::from_bytes(&b.finish()).unwrap();
+        assert!(t.may_contain_token("anything") && t.may_contain_substring("anything"));
+        assert!(t.may_contain_pii_token("pii_x", "y") && t.may_contain_hidden_token("z"));
+    }
+
+    #[test]
+    fn classes_follow_the_documented_table() {
+        for (name, class) in [
+            ("msg", ColumnClass::Open),
+            ("sluice_source", ColumnClass::Open),
+            ("sluice_bad", ColumnClass::Open),
+            ("pii_uid", ColumnClass::Pii),
+            ("PII_uid", ColumnClass::Open),
+            ("sluice_raw", ColumnClass::Hidden),
+            ("sluice_raw_b64", ColumnClass::Hidden),
+            ("sluice_bad_values", ColumnClass::Hidden),
+            ("sluice_unparsed", ColumnClass::Hidden),
+            ("sluice_stream", ColumnClass::NotIndexed),
+            ("sluice_overflow", ColumnClass::NotIndexed),
+        ] {
+            assert_eq!(column_class(name), class, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_cap_shrinks_filters_instead_of_failing() {
+        let f = size_filters([100_000_000, 1_000, 0]);
+        let bytes: usize = f.iter().map(|b| b.words.len() * 8).sum();
+        assert!(bytes <= TERMS_BYTES_MAX - HEADER_BYTES - CRC_BYTES, "{bytes}");
+        assert_eq!(f[0].flags, FLAG_SHRUNK);
+        assert!(f[2].words.is_empty() && f[2].hashes == 0);
+        let f = size_filters([1, 1000, 10]);
+        assert_eq!(f[1].hashes, 7, "about 9.6 bits per item");
+        assert!(f.iter().all(|b| b.flags == 0));
+    }
+
+    proptest::proptest! {
+        // Each case walks a 2 MiB bitmap (slow unoptimised): fewer cases.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn insert_text_adds_every_window(text in proptest::collection::vec(proptest::sample::select(b" aZz09~\x1f\x7f\xc3\xa9".to_vec()), 0..40)) {
+            let (mut s, mut t) = (TrigramSet::new(), TrigramSet::new());
+            s.insert_text(&text);
+            for w in text.windows(3) {
+                t.insert([w[0], w[1], w[2]]);
+            }
+            proptest::prop_assert_eq!(s.iter().collect::<Vec<_>>(), t.iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn trigram_sets_hold_exactly_what_was_inserted(grams in proptest::collection::vec(proptest::prelude::any::<[u8; 3]>(), 0..200)) {
+            let mut s = TrigramSet::new();
+            for g in &grams {
+                s.insert(*g);
+            }
+            // The same through insert_text, one 3-gram at a time (dense or not).
+            let mut t = TrigramSet::new();
+            for g in &grams {
+                t.insert_text(g);
+            }
+            proptest::prop_assert_eq!(s.iter().collect::<Vec<_>>(), t.iter().collect::<Vec<_>>());
+            let want: std::collections::BTreeSet<[u8; 3]> = grams.into_iter().collect();
+            let got: std::collections::BTreeSet<[u8; 3]> = s.iter().collect();
+            proptest::prop_assert_eq!(s.len(), want.len() as u64);
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_makes_the_reference_tokens_and_trigrams(value in "[ -~]{0,40}|\\PC{0,20}|[aZ9İΣ_ .-]{0,12}") {
+            let mut got_tokens = Vec::new();
+            let mut got_grams = Vec::new();
+            let mut lower = Vec::new();
+            let on_text = |text: &[u8]| got_grams.extend(text.windows(3).map(|w| [w[0], w[1], w[2]]));
+            for_each_term(&value, &mut lower, true, |t| got_tokens.push(t.to_vec()), on_text);
+            let want_tokens: Vec<Vec<u8>> = tokens(&value).map(|t| normalize(t).into_bytes()).collect();
+            let want_grams: Vec<[u8; 3]> = trigrams(&value).collect();
+            proptest::prop_assert_eq!(got_tokens, want_tokens);
+            proptest::prop_assert_eq!(got_grams, want_grams);
+        }
+    }
+
+    #[test]
+    fn trigram_sets_iterate_what_was_inserted() {
+        let mut s = TrigramSet::new();
+        for g in [*b"abc", [0, 0, 0], [255, 255, 255], *b"abc"] {
+            s.insert(g);
+        }
+        for g in [*b" ~!", *b"~~~", *b"aBc", *b"  a"] {
+            s.insert(g);
+        }
+        assert_eq!(s.len(), 7);
+        let want = [*b"  a", *b" ~!", *b"abc", *b"~~~", [0, 0, 0], *b"aBc", [255, 255, 255]];
+        assert_eq!(s.iter().collect::<Vec<_>>(), want, "the dense ones first, each in order");
+    }
+}
