@@ -228,7 +228,6 @@ struct Inner {
     key: MaskKey,
     cfg: EngineConfig,
     running: Semaphore,
-    terms: Arc<terms::TermIndex>,
 }
 
 /// The query engine of one store. Cheap to clone.
@@ -246,15 +245,11 @@ impl Engine {
 
     pub fn with_key(store: Arc<Store>, cfg: EngineConfig, key: MaskKey) -> Engine {
         let running = Semaphore::new(cfg.concurrent_max.max(1));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running, terms: Arc::new(terms::TermIndex::new()) }) }
+        Engine { inner: Arc::new(Inner { store, key, cfg, running }) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
-    }
-
-    pub(crate) fn term_index(&self) -> Arc<terms::TermIndex> {
-        self.inner.terms.clone()
     }
 
     pub fn config(&self) -> &EngineConfig {

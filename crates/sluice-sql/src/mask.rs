@@ -26,7 +26,7 @@ use siphasher::sip::SipHasher24;
 /// File in the data directory that holds the key (32 hex digits and a newline, mode 0600).
 pub const KEY_FILE: &str = "pii.key";
 /// What hidden text (the original of a bad line) is replaced by.
-pub const HIDDEN: &str = "(hidden: needs the pii role)";
+pub const HIDDEN: &str = sluice_store::terms::MASKED_TEXT;
 /// Columns that carry the original text of a bad line (see the event crate's wrapped form).
 pub const HIDDEN_COLUMNS: [&str; 3] = ["sluice_raw", "sluice_raw_b64", "sluice_bad_values"];
 /// Key of `sluice_overflow` that carries the text of a line the store could not parse.

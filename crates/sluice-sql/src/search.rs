@@ -4,8 +4,6 @@
 //!
 //! Not here: the parser (sluice-query) or the term index files (sluice-store).
 
-use std::sync::Arc;
-
 use datafusion::arrow::datatypes::{DataType, Schema};
 use sluice_query::{normalize, quote_ident, text_column_sql, to_sql_for, tokens, ColumnType, Query, SqlDialect};
 use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
@@ -118,7 +116,10 @@ fn collect_needed(q: &Query, schema: &Schema, access: Access, out: &mut Vec<Need
                 if access.pii {
                     out.extend(tokens(text).map(|t| Needed::PiiToken { column: field.clone(), token: normalize(t) }));
                 }
-            } else if field != COL_OVERFLOW {
+            } else if matches!(
+                sluice_store::column_class(field),
+                sluice_store::ColumnClass::Open | sluice_store::ColumnClass::Hidden
+            ) {
                 out.extend(tokens(text).map(|t| Needed::Token(normalize(t))));
             }
         }
@@ -159,19 +160,10 @@ impl Engine {
             req.limit + 1
         );
         let needed = needed_terms(&q, &schema, access);
-        let filter = self.term_filter(needed);
+        let filter = crate::terms::filter(self.store(), needed, access).await;
         let mut out = self.run(&sql, access, filter, req.limit).await?;
         // One row past the limit was asked for only to tell whether there were more.
         out.truncated = out.truncated || out.rows() > req.limit;
         Ok(out)
-    }
-
-    /// The segment filter for these terms; `None` when there is nothing to look up.
-    pub(crate) fn term_filter(&self, needed: Vec<Needed>) -> Option<crate::SegmentFilter> {
-        if needed.is_empty() {
-            return None;
-        }
-        let index = self.term_index();
-        Some(Arc::new(move |seg: &sluice_store::SegmentMeta| index.may_match(seg, &needed)))
     }
 }

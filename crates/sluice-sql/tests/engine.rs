@@ -382,3 +382,31 @@ async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
     assert_eq!(search(&f, "status").await.len(), 0, "JSON keys are not text");
     assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_indexes_skip_segments_that_cannot_match() {
+    let mut f = Fixture::new();
+    for part in 0..4u64 {
+        let mut lines: Vec<String> = (0..50).map(|i| event(part * 100 + i, T0 + part * 1000 + i)).collect();
+        if part == 2 {
+            lines.push(format!(r#"{{"time_ns":{},"msg":"a wild okapi appears","pii_uid":"U424242"}}"#, T0 + 2500));
+        }
+        f.commit(&lines).await;
+        f.flush();
+    }
+    let run = |q: &str, access| {
+        let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 10 };
+        let engine = f.engine.clone();
+        async move { engine.search(&req, access).await.unwrap() }
+    };
+    let out = run("okapi", VIEWER).await;
+    assert_eq!((out.rows(), out.stats.segments_read, out.stats.segments_skipped), (1, 1, 3), "{:?}", out.stats);
+    let out = run("pii_uid:U424242", PII).await;
+    assert_eq!((out.rows(), out.stats.segments_read, out.stats.segments_skipped), (1, 1, 3), "{:?}", out.stats);
+    // For a viewer, a pii value never prunes.
+    let out = run("pii_uid:U424242", VIEWER).await;
+    assert_eq!((out.rows(), out.stats.segments_skipped), (0, 0));
+    // An OR cannot be pruned by one branch.
+    let out = run("okapi OR level:info", VIEWER).await;
+    assert_eq!(out.stats.segments_skipped, 0);
+}
