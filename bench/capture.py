@@ -26,6 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build():
+    # SLUICE_BIN runs a given binary instead (e.g. a debug build for a --smoke check).
+    if os.environ.get("SLUICE_BIN"):
+        return os.path.abspath(os.environ["SLUICE_BIN"])
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "sluice"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "sluice")
 
