@@ -328,7 +328,9 @@ pub fn unlisted_segment_files(store_dir: &Path) -> Vec<String> {
             let rel = path.strip_prefix(store_dir).expect("below the store dir");
             let rel: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
             let rel = rel.join("/");
-            if !live.contains(&rel) {
+            // A segment's term-index sidecar is live with it (same path, `.terms`).
+            let owner = rel.strip_suffix(".terms").map(|stem| format!("{stem}.parquet"));
+            if !live.contains(&rel) && !owner.is_some_and(|p| live.contains(&p)) {
                 out.push(rel);
             }
         }
