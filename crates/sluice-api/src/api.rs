@@ -440,6 +440,7 @@ impl Api {
     }
 
     fn sources(&self) -> serde_json::Value {
+        let committed = self.engine.store().stats().rows_committed_by_source;
         let sources: Vec<serde_json::Value> = self
             .pull
             .sources()
@@ -460,8 +461,8 @@ impl Api {
                     "backlog_chunks": m.backlog_chunks.load(Relaxed),
                     "backlog_bytes": m.backlog_bytes.load(Relaxed),
                     "chunks_lost": m.chunks_lost.load(Relaxed),
-                    // The pullers count batches, not events; see batches_total.
-                    "events_total": serde_json::Value::Null,
+                    // Stored since the store started (duplicates skipped are not counted).
+                    "events_total": committed.get(status.name.as_str()).copied().unwrap_or(0),
                     "batches_total": m.batches_committed.load(Relaxed),
                     "stream": status.stream,
                     "live_chunk": status.live_chunk,

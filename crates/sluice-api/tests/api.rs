@@ -872,12 +872,20 @@ async fn sources_lists_each_source_with_its_state() {
     let m = h.pull.source("web-1", "https://127.0.0.1:7701");
     m.backlog_chunks.store(3, std::sync::atomic::Ordering::Relaxed);
     h.pull.source("web-2", "https://127.0.0.1:7702");
+    h.pull.source("src-a", "https://127.0.0.1:7703");
+    let lines: Vec<String> = (0..5).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+    h.commit(&lines).await;
     let r = h.get("/api/sources", Some(VIEWER), None).await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     let sources = v["sources"].as_array().unwrap();
-    assert_eq!(sources.len(), 2);
+    assert_eq!(sources.len(), 3);
+    // Name order; only src-a has stored events.
+    assert_eq!(sources[0]["name"], "src-a");
+    assert_eq!(sources[0]["events_total"], 5);
+    let sources = &sources[1..];
     assert_eq!(sources[0]["name"], "web-1");
+    assert_eq!(sources[0]["events_total"], 0);
     assert_eq!(sources[0]["url"], "https://127.0.0.1:7701");
     assert_eq!(sources[0]["state"], "connecting");
     assert_eq!(sources[0]["last_error"], Value::Null);

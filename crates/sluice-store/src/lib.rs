@@ -226,6 +226,8 @@ pub enum StoreError {
 pub struct StoreStats {
     /// Events committed since start (replayed ones not included).
     pub rows_committed: u64,
+    /// The same, per configured source name.
+    pub rows_committed_by_source: std::collections::BTreeMap<Arc<str>, u64>,
     /// Events in the buffer (including a flush in progress).
     pub rows_buffered: u64,
     /// Events in live segments.
@@ -432,6 +434,7 @@ impl Store {
             }
         }
         state.stats.rows_committed = 0;
+        state.stats.rows_committed_by_source.clear();
         let (applied, _) = tokio::sync::watch::channel(0u64);
         let inner = Arc::new(Inner {
             cfg,
@@ -856,6 +859,7 @@ fn sync_and_apply(inner: &Inner) {
 fn apply_commit(s: &mut State, c: &CommitRecord, to_buffer: bool) {
     let stream_hex = format!("{:032x}", c.stream);
     let mut seq = c.first_seq;
+    let rows_before = s.stats.rows_committed;
     for (at, line, _) in lines(&c.lines) {
         if to_buffer {
             let offset = c.first_offset + at as u64;
@@ -873,6 +877,9 @@ fn apply_commit(s: &mut State, c: &CommitRecord, to_buffer: bool) {
             s.applied_seq = s.applied_seq.max(seq);
         }
         seq += 1;
+    }
+    if s.stats.rows_committed > rows_before {
+        *s.stats.rows_committed_by_source.entry(c.source.clone()).or_default() += s.stats.rows_committed - rows_before;
     }
     s.next_seq = s.next_seq.max(seq);
     let p = s.progress.entry(c.stream).or_default().entry(c.chunk.clone()).or_insert_with(|| Progress {
