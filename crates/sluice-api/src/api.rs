@@ -1,5 +1,6 @@
 //! The store's HTTP routes: the query API under `/api/` (SQL, search, tail, sources, flush),
-//! with tokens and roles, and the operations endpoints `/metrics` and `/healthz`. One
+//! with tokens and roles, the operations endpoints `/metrics` and `/healthz`, and the web page
+//! at `/` and `/ui/…` (its files are in web.rs). One
 //! [`Api::handle`] maps a request to a response; it needs no socket, so it is tested as a
 //! function. Not here: listening, TLS and shutdown (serve.rs), answer formats (format.rs), the
 //! tokens file (tokens.rs), the queries themselves (sluice-sql).
@@ -33,6 +34,7 @@ use tokio::sync::{mpsc, watch};
 use crate::format::{self, Format, Nulls, RowEncoder};
 use crate::ops;
 use crate::tokens::{Caller, TokenSet};
+use crate::web;
 
 /// Largest `POST /api/sql` body.
 pub const SQL_BODY_BYTES_MAX: usize = 1024 * 1024;
@@ -52,7 +54,8 @@ const CONTENT_TYPE_JSON: &str = "application/json";
 const CONTENT_TYPE_EVENT_STREAM: &str = "text/event-stream";
 const STATS_HEADER: &str = "sluice-stats";
 const TRUNCATED_HEADER: &str = "sluice-truncated";
-const ENDPOINTS: &str = "/api/sql, /api/search, /api/tail, /api/sources, /api/admin/flush, /metrics and /healthz";
+const ENDPOINTS: &str =
+    "/api/sql, /api/search, /api/tail, /api/sources, /api/admin/flush, /metrics, /healthz and the web page at /";
 
 /// A response body: whole, or the frames of a tail as they come.
 pub struct ApiBody(BodyKind);
@@ -258,6 +261,19 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path();
+        if let Some(asset) = web::find(path) {
+            // The page's files hold no data: no token.
+            if let Some(r) = web::respond(asset, req.method()) {
+                return Ok(r);
+            }
+            let mut r = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes GET, HEAD, not {}", req.method().as_str()),
+            )
+            .response();
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return Ok(r);
+        }
         let Some(route) = Route::find(path) else {
             let shown: String = path.chars().take(100).collect();
             return Err(ApiError::new(

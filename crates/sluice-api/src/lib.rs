@@ -1,7 +1,8 @@
 //! The event store's HTTP side (SPEC §3 Query and Access), on the store's `listen` address: the
 //! query API (`POST /api/sql`, `GET /api/search`, `GET /api/tail`, `GET /api/sources`,
 //! `POST /api/admin/flush`) behind `Bearer` tokens with roles, and the operations endpoints
-//! `/metrics` and `/healthz`, over HTTP/1.1, with TLS when the store listens off loopback.
+//! `/metrics` and `/healthz`, and the web page at `/`, over HTTP/1.1, with TLS when the store
+//! listens off loopback.
 //!
 //! Not here: the queries, masking and tail (sluice-sql), storage (sluice-store), pulling
 //! (sluice-pull). The README's "HTTP API" section is the reference for clients.
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod ops;
 pub mod serve;
 pub mod tokens;
+pub mod web;
 
 pub use api::{Api, ApiBody, ApiError, SQL_BODY_BYTES_MAX, TAILS_MAX, TAIL_KEEPALIVE_DEFAULT};
 pub use format::Format;
