@@ -252,7 +252,7 @@ async function runSearch() {
   body.replaceChildren(...answer.rows.map(eventRow));
   const s = answer.stats || {};
   $('summary').textContent = answer.rows.length + (answer.truncated ? '+ events (the newest shown; raise rows or narrow the search)' : ' events')
-    + ' · ' + (s.elapsed_ms ?? '?') + ' ms · ' + (s.segments_read ?? 0) + ' segments read, ' + (s.segments_skipped ?? 0) + ' skipped';
+    + ' · ' + (typeof s.elapsed_ms === 'number' ? s.elapsed_ms.toFixed(1) : '?') + ' ms · ' + (s.segments_read ?? 0) + ' segments read, ' + (s.segments_skipped ?? 0) + ' skipped';
   $('results').dataset.state = 'done';
   $('results').dataset.rows = String(answer.rows.length);
   if (since === null || until === null) {
@@ -608,6 +608,8 @@ function init() {
   $('tail-toggle').addEventListener('click', toggleTail);
   setInterval(refreshSources, SOURCES_REFRESH_MS);
   document.body.dataset.ready = 'true';
+  // With a token at hand, the last 15 minutes at once.
+  if (token) runSearch();
 }
 
 init();

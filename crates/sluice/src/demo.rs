@@ -63,8 +63,9 @@ const BATCHES_METRIC: &str = "sluice_source_batches_committed_total";
 /// `sluice gen --rate RATE` with its own seed, serving its chunks over mTLS on a free loopback
 /// port) and a store pulling from them, waits until events of every source are in the store,
 /// then prints `export SLUICE_URL=…` and `export SLUICE_TOKEN=…` on stdout (the only output
-/// there) and example commands on stderr. The token has the viewer, pii and admin roles; a
-/// second, viewer-only token is printed to show PII masking.
+/// there) and example commands on stderr, with a link to the store's web page carrying the token.
+/// The token has the viewer, pii and admin roles; a second, viewer-only token is printed to show
+/// PII masking.
 ///
 /// Ctrl-C or SIGTERM (or the end of --duration) stops every process, removes the directory
 /// unless --keep was given, and exits 0. If a process dies on its own, the demo says which, shows
@@ -395,7 +396,12 @@ fn announce(args: &Args, exe: &Path, dir: &Path, ready: &Ready) {
         args.sources, ready.url, ready.viewer_token
     );
     if ready.web_page {
-        text.push_str(&format!("Web page: {}/\n", ready.url));
+        // The token rides in the fragment, which the browser never sends to a server; the page
+        // moves it into the tab's session storage and drops it from the address bar.
+        text.push_str(&format!(
+            "Web page (search, histogram, live tail, sources; the same token):\n\x20 {}/#token={}\n",
+            ready.url, ready.admin_token
+        ));
     }
     let stop = match args.duration {
         Some(d) => format!("Ctrl-C, or the end of --duration in {d:?}, stops everything"),

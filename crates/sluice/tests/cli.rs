@@ -7,6 +7,7 @@ mod demo;
 mod query;
 mod store_faults;
 mod support;
+mod web;
 
 use support::*;
 
