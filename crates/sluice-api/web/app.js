@@ -262,6 +262,177 @@ async function runSearch() {
   await drawHistogram(q, since, until, generation);
 }
 
+// ---- the quick-search language, far enough to count with SQL ----------------------------
+
+/// The largest u64, for `field:N` on an integer field (a larger N matches nothing).
+const U64_MAX = 18446744073709551615n;
+
+/// `input` in the quick-search language as a tree, following sluice-query's grammar; null when it
+/// holds a bare word or phrase (those match by tokens, which only the store applies) or cannot
+/// be read here (the store has already said whether it is valid).
+function parseQuery(input) {
+  const toks = [];
+  const chars = Array.from(input);
+  let i = 0;
+  const phrase = () => {
+    let text = '';
+    i += 1;
+    while (i < chars.length && chars[i] !== '"') {
+      if (chars[i] === '\\' && i + 1 < chars.length) i += 1;
+      text += chars[i];
+      i += 1;
+    }
+    if (i >= chars.length) throw new Error('unclosed phrase');
+    i += 1;
+    return text;
+  };
+  while (i < chars.length) {
+    const c = chars[i];
+    if (/\s/.test(c)) { i += 1; continue; }
+    if (c === '(' || c === ')') { toks.push({ t: c }); i += 1; continue; }
+    if (c === '"') { phrase(); toks.push({ t: 'word' }); continue; }
+    if (c === '-') { toks.push({ t: 'NOT' }); i += 1; continue; }
+    let word = '';
+    while (i < chars.length && !/[\s()"]/.test(chars[i])) { word += chars[i]; i += 1; }
+    const colon = word.indexOf(':');
+    if (colon < 0) {
+      toks.push(word === 'AND' || word === 'OR' || word === 'NOT' ? { t: word } : { t: 'word' });
+      continue;
+    }
+    const field = word.slice(0, colon);
+    let value = word.slice(colon + 1);
+    if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(field)) throw new Error('not a field');
+    if (value === '' && chars[i] === '"') {
+      toks.push({ t: 'field', node: { k: 'term', field, text: phrase() } });
+      continue;
+    }
+    const cmp = /^(>=|<=|>|<)(\d+)$/.exec(value);
+    if (value === '*') toks.push({ t: 'field', node: { k: 'exists', field } });
+    else if (cmp) toks.push({ t: 'field', node: { k: 'cmp', field, op: cmp[1], value: BigInt(cmp[2]) } });
+    else if (value === '' || /^[<>*]/.test(value)) throw new Error('not a value');
+    else toks.push({ t: 'field', node: { k: 'term', field, text: value } });
+  }
+  let p = 0;
+  const peek = () => toks[p] && toks[p].t;
+  const or = () => {
+    const items = [and()];
+    while (peek() === 'OR') { p += 1; items.push(and()); }
+    return items.length === 1 ? items[0] : { k: 'or', items };
+  };
+  const and = () => {
+    const items = [unary()];
+    while (p < toks.length && peek() !== ')' && peek() !== 'OR') {
+      if (peek() === 'AND') p += 1;
+      items.push(unary());
+    }
+    return items.length === 1 ? items[0] : { k: 'and', items };
+  };
+  const unary = () => {
+    if (peek() === 'NOT') { p += 1; return { k: 'not', inner: unary() }; }
+    return primary();
+  };
+  const primary = () => {
+    const tok = toks[p];
+    p += 1;
+    if (!tok) throw new Error('unexpected end');
+    if (tok.t === '(') {
+      const inner = or();
+      if (peek() !== ')') throw new Error('unclosed (');
+      p += 1;
+      return inner;
+    }
+    if (tok.t === 'field') return tok.node;
+    if (tok.t === 'word') return { k: 'word' };
+    throw new Error('unexpected ' + tok.t);
+  };
+  if (toks.length === 0) return { k: 'all' };
+  const tree = or();
+  if (p !== toks.length) throw new Error('trailing input');
+  return tree;
+}
+
+function quoteIdent(name) {
+  return '"' + name.replace(/"/g, '""') + '"';
+}
+
+function quoteStr(text) {
+  return "'" + text.replace(/'/g, "''") + "'";
+}
+
+/// A tree from parseQuery as a SQL condition by sluice-query's rules (`to_sql`): a field the
+/// events do not have matches nothing, every leaf is never NULL. `types` maps a column to
+/// 'string' or 'u64'. Null when the tree holds a bare word.
+function querySql(node, types) {
+  const TRUE = { c: true };
+  const FALSE = { c: false };
+  const notNull = (e) => ({ e: `COALESCE(${e}, FALSE)` });
+  const render = (n) => {
+    switch (n.k) {
+      case 'all': return TRUE;
+      case 'word': throw new Error('bare word');
+      case 'term': {
+        const type = types.get(n.field);
+        if (type === 'string') return notNull(`${quoteIdent(n.field)} = ${quoteStr(n.text)}`);
+        if (type === 'u64' && /^\d+$/.test(n.text) && BigInt(n.text) <= U64_MAX) {
+          return notNull(`${quoteIdent(n.field)} = ${BigInt(n.text)}`);
+        }
+        return FALSE;
+      }
+      case 'cmp':
+        return types.get(n.field) === 'u64' && n.value <= U64_MAX ? notNull(`${quoteIdent(n.field)} ${n.op} ${n.value}`) : FALSE;
+      case 'exists':
+        return types.has(n.field) ? { e: `(${quoteIdent(n.field)} IS NOT NULL)` } : FALSE;
+      case 'not': {
+        const inner = render(n.inner);
+        return 'c' in inner ? { c: !inner.c } : { e: `NOT ${inner.e}` };
+      }
+      default: {
+        const isAnd = n.k === 'and';
+        const parts = [];
+        for (const item of n.items) {
+          const r = render(item);
+          if ('c' in r) {
+            if (r.c !== isAnd) return r;
+            continue;
+          }
+          parts.push(r.e);
+        }
+        if (parts.length === 0) return isAnd ? TRUE : FALSE;
+        return { e: parts.length === 1 ? parts[0] : '(' + parts.join(isAnd ? ' AND ' : ' OR ') + ')' };
+      }
+    }
+  };
+  try {
+    const r = render(node);
+    return 'c' in r ? (r.c ? 'TRUE' : 'FALSE') : r.e;
+  } catch (_) {
+    return null;
+  }
+}
+
+/// The columns of `events` that field terms compare: name → 'string' or 'u64'.
+async function columnTypes() {
+  const answer = await sql('SELECT * FROM events LIMIT 0');
+  const types = new Map();
+  for (const c of answer.columns) {
+    if (c.type === 'Utf8' || c.type === 'Utf8View' || c.type === 'LargeUtf8') types.set(c.name, 'string');
+    else if (c.type === 'UInt64') types.set(c.name, 'u64');
+  }
+  return types;
+}
+
+/// The SQL condition for `q`, or null when only a search can count it.
+async function conditionFor(q) {
+  let tree;
+  try {
+    tree = parseQuery(q);
+  } catch (_) {
+    return null;
+  }
+  if (tree.k === 'all') return 'TRUE';
+  return querySql(tree, await columnTypes());
+}
+
 /// Times (BigInt ns) of every event matching `q` in [lo, hi], if they fit in one answer.
 async function searchTimes(q, lo, hi) {
   const params = new URLSearchParams({ q, since: rfc3339(lo), until: rfc3339(hi), limit: String(SEARCH_LIMIT_MAX) });
@@ -269,23 +440,24 @@ async function searchTimes(q, lo, hi) {
   return { times: answer.rows.map((r) => BigInt(r.time_ns)), truncated: answer.truncated };
 }
 
-/// Counts of matching events per bucket over the whole of [since, until]: one SQL query for
-/// every event, else the search itself (its answer when it holds every match, else one search
-/// a bucket; a bucket past the API's limit is marked as "at least").
+/// Counts of matching events per bucket over the whole of [since, until]: one SQL query when the
+/// query has no bare word (or is empty), else the search itself (its answer when it holds every
+/// match, else one search a bucket; a bucket past the API's limit is marked as "at least").
 async function histogramCounts(q, since, until, width, progress) {
   const counts = new Array(HISTOGRAM_BUCKETS).fill(0);
   const capped = new Array(HISTOGRAM_BUCKETS).fill(false);
-  if (q.trim() === '') {
+  const condition = await conditionFor(q);
+  if (condition !== null) {
     const answer = await sql(
       `SELECT CAST((CAST(time_ns AS BIGINT) - ${since}) / ${width} AS BIGINT) AS bucket, count(*) AS n FROM events `
-      + `WHERE time_ns >= ${since} AND time_ns <= ${until} GROUP BY 1`);
+      + `WHERE time_ns >= ${since} AND time_ns <= ${until} AND ${condition} GROUP BY 1`);
     for (const r of answer.rows) counts[Number(r.bucket)] += Number(r.n);
-    return { counts, capped, how: 'SQL count per bucket' };
+    return { counts, capped, how: 'sql', text: 'SQL count per bar' };
   }
   const all = await searchTimes(q, since, until);
   if (!all.truncated) {
     for (const t of all.times) counts[Number((t - since) / width)] += 1;
-    return { counts, capped, how: 'every matching event' };
+    return { counts, capped, how: 'search', text: 'from every matching event' };
   }
   for (let i = 0; i < HISTOGRAM_BUCKETS; i++) {
     const lo = since + BigInt(i) * width;
@@ -296,7 +468,7 @@ async function histogramCounts(q, since, until, width, progress) {
     counts[i] = part.times.length;
     capped[i] = part.truncated;
   }
-  return { counts, capped, how: 'one search per bar' };
+  return { counts, capped, how: 'search-per-bar', text: 'one search per bar' };
 }
 
 function clearHistogram(note) {
@@ -328,7 +500,7 @@ async function drawHistogram(q, since, until, generation) {
     return;
   }
   if (generation !== searchGeneration) return;
-  const { counts, capped, how } = result;
+  const { counts, capped, how, text } = result;
   const max = Math.max(1, ...counts);
   const total = counts.reduce((a, b) => a + b, 0);
   const viewWidth = 1000;
@@ -361,9 +533,10 @@ async function drawHistogram(q, since, until, generation) {
   svg.dataset.total = String(total);
   svg.dataset.sinceNs = since.toString();
   svg.dataset.untilNs = until.toString();
+  svg.dataset.how = how;
   svg.dataset.state = 'done';
   const atLeast = capped.some(Boolean) ? 'at least ' : '';
-  $('histogram-note').textContent = `${atLeast}${total} events in ${HISTOGRAM_BUCKETS} bars of ${showSpan(width)} (${how}; click a bar to zoom)`;
+  $('histogram-note').textContent = `${atLeast}${total} events in ${HISTOGRAM_BUCKETS} bars of ${showSpan(width)} (${text}; click a bar to zoom)`;
   $('histogram-from').textContent = showTime(since);
   $('histogram-to').textContent = showTime(until);
 }
