@@ -77,7 +77,9 @@ mod tests {
     fn the_page_loads_nothing_from_elsewhere() {
         for a in ASSETS {
             // (The SVG namespace is a name in app.js, not a place to load from.)
-            for needle in ["https://", "src=\"http", "href=\"http", "url(", "@import", "<script>", " onclick=", "style=\""] {
+            for needle in
+                ["https://", "src=\"http", "href=\"http", "url(", "@import", "<script>", " onclick=", "style=\""]
+            {
                 assert!(!a.body.contains(needle), "{} contains {needle:?}", a.path);
             }
         }

@@ -71,7 +71,8 @@ fn http_json(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16,
     let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
     let mut payload = raw[split + 4..].to_vec();
     let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status line");
-    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse::<usize>().unwrap());
+    let length =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse::<usize>().unwrap());
     let chunked = head.contains("transfer-encoding: chunked");
     loop {
         let complete = match length {
@@ -135,7 +136,7 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let profile = tempfile::tempdir().unwrap();
-        let mut browser = Browser { driver, port, session: String::new(), profile: profile };
+        let mut browser = Browser { driver, port, session: String::new(), profile };
         let start = Instant::now();
         loop {
             let ready = TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -248,10 +249,8 @@ impl Browser {
 
     /// The sluice_id of every row of the results table, in order.
     fn result_ids(&self) -> Vec<String> {
-        let v = self.js(
-            "return [...document.querySelectorAll('#results tbody tr')].map((tr) => tr.dataset.id);",
-            json!([]),
-        );
+        let v = self
+            .js("return [...document.querySelectorAll('#results tbody tr')].map((tr) => tr.dataset.id);", json!([]));
         serde_json::from_value(v).unwrap()
     }
 
@@ -271,7 +270,8 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             let path = format!("/session/{}", self.session);
             // Ends Chromium; a driver already gone must not turn a failure into an abort.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| http_json(self.port, "DELETE", &path, None)));
+            let _ =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| http_json(self.port, "DELETE", &path, None)));
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
@@ -355,7 +355,8 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
     let start_ns = (now_s - 40 * 60) * 1_000_000_000;
     let exe = env!("CARGO_BIN_EXE_sluice");
     // Mean step 0.6 s: 3000 events over about 30 minutes, ending about 10 minutes ago.
-    let script = format!("{exe} gen --count {GENERATED} --seed 11 --start-ns {start_ns} --step-ns 600000000; exec sleep 3600");
+    let script =
+        format!("{exe} gen --count {GENERATED} --seed 11 --start-ns {start_ns} --step-ns 600000000; exec sleep 3600");
     let web = Supervisor::start(&dir.path().join("web"), &tls_args, &["sh", "-c", &script]);
     let fifo = dir.path().join("probe.fifo");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
@@ -417,10 +418,8 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
          return ok('web') && ok('probe');",
         json!([]),
     );
-    let shown_events = b.js(
-        "return document.querySelector('#sources tr[data-source=web] [data-col=events]').textContent;",
-        json!([]),
-    );
+    let shown_events =
+        b.js("return document.querySelector('#sources tr[data-source=web] [data-col=events]').textContent;", json!([]));
     assert!(shown_events.as_str().unwrap().parse::<u64>().unwrap() >= GENERATED, "{shown_events}");
 
     // The rows shown are the API's; the histogram's bars add up to the API's count for the whole
@@ -503,7 +502,11 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
     // Live tail: started first, then a probe event written; it appears, masked for the viewer.
     b.type_into("#q", "probe_id:*");
     b.click("#tail-toggle");
-    b.wait_js("the tail to connect", "return document.getElementById('tail-state').dataset.state === 'live';", json!([]));
+    b.wait_js(
+        "the tail to connect",
+        "return document.getElementById('tail-state').dataset.state === 'live';",
+        json!([]),
+    );
     let mut fifo_w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     // The tail starts "now" at the store: warm-up probes until one comes through.
     let deadline = Instant::now() + BROWSER_DEADLINE;
@@ -531,9 +534,16 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
     );
     let tail_uids = b.field_values("tail", "pii_uid");
     assert!(!tail_uids.is_empty() && tail_uids.iter().all(|v| v.starts_with("pii:")), "{tail_uids:?}");
-    assert!(b.js("return document.getElementById('tail-dropped').hidden;", json!([])) == json!(true), "nothing dropped");
+    assert!(
+        b.js("return document.getElementById('tail-dropped').hidden;", json!([])) == json!(true),
+        "nothing dropped"
+    );
     b.click("#tail-toggle");
-    b.wait_js("the tail to stop", "return document.getElementById('tail-state').dataset.state === 'stopped';", json!([]));
+    b.wait_js(
+        "the tail to stop",
+        "return document.getElementById('tail-state').dataset.state === 'stopped';",
+        json!([]),
+    );
 
     eprintln!(
         "web page test: browser ready after {:.1} s, whole test {:.1} s",
