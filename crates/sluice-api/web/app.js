@@ -242,6 +242,8 @@ async function runSearch() {
   } catch (e) {
     if (generation !== searchGeneration) return;
     showError(e, q);
+    // Rows of an earlier search would read as this one's answer.
+    $('results').tBodies[0].replaceChildren();
     $('summary').textContent = '';
     $('results').dataset.state = 'failed';
     clearHistogram('');

@@ -474,6 +474,7 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
     assert_eq!(shown["hidden"], json!(false), "{shown}");
     assert_eq!(shown["message"].as_str().unwrap(), format!("400: {}", v["error"].as_str().unwrap()), "{shown}");
     assert_eq!(shown["caret"].as_str().unwrap(), format!("{bad}\n{}^", " ".repeat(position)), "{shown}");
+    assert!(b.result_ids().is_empty(), "no rows of the earlier search under the error");
 
     // A viewer-only token sees pii_* values masked, exactly as the API gives them.
     b.type_into("#token", VIEWER);
