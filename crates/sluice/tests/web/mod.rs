@@ -399,6 +399,26 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
         "the generator's events, and only they, are in the range"
     );
 
+    // The page's files need no token, carry the security headers, and are the only files served.
+    let head = Command::new("curl").args(["-sS", "-i", "--max-time", "60", &format!("http://{l}/")]).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'self'\r\n"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff\r\n"), "{head}");
+    let status = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{l}{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for path in ["/ui/app.js", "/ui/app.css", "/ui/icon.svg"] {
+        assert_eq!(status(path), "200", "{path}");
+    }
+    for path in ["/ui/", "/ui/../Cargo.toml", "/ui/%2e%2e/Cargo.toml", "/index.html"] {
+        assert_eq!(status(path), "404", "{path}");
+    }
+
     let b = Browser::start();
     let browser_ready = started.elapsed();
     b.goto(&format!("http://{l}/"));
@@ -544,6 +564,14 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
         "the tail to stop",
         "return document.getElementById('tail-state').dataset.state === 'stopped';",
         json!([]),
+    );
+
+    // A link with the token in its fragment: the page takes it and drops it from the address.
+    b.goto(&format!("http://{l}/#token={ADMIN}"));
+    b.wait_js(
+        "the token from the link",
+        "return sessionStorage.getItem('sluice.token') === arguments[0] && location.hash === '';",
+        json!([ADMIN]),
     );
 
     eprintln!(
