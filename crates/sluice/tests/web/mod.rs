@@ -476,6 +476,17 @@ fn the_web_page_searches_draws_tails_and_shows_sources_in_a_real_browser() {
         assert_eq!(histogram, json!({"total": count.to_string(), "how": how}), "{q}");
         if q.is_empty() {
             assert_eq!(count, GENERATED, "the generator's events, and only they, are in the range");
+            // A click on a row shows the whole event, its 64-bit integers exact.
+            b.click("#results tbody tr");
+            let shown = b.wait_js(
+                "the event's details",
+                "const d = document.getElementById('detail'); return d.open && document.getElementById('detail-json').textContent;",
+                json!([]),
+            );
+            let shown: Value = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+            assert_eq!(shown, api["rows"][0], "the full event as the API gave it");
+            b.click("#detail-close");
+            b.wait_js("the details to close", "return !document.getElementById('detail').open;", json!([]));
         }
     }
 
