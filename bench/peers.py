@@ -247,8 +247,9 @@ def load(engine, path, ndjson, schema):
         con = duckdb.connect(path)
         con.execute(f"CREATE TABLE events AS SELECT * FROM read_ndjson('{ndjson}', columns={{{cols}}})")
         con.execute("CHECKPOINT")
-        con.close()
         cpu, wall = _cpu_self() - c0, time.perf_counter() - t0
+        rows = con.execute("SELECT count(*) FROM events").fetchone()[0]
+        con.close()
         size = os.path.getsize(path) + (os.path.getsize(path + ".wal") if os.path.exists(path + ".wal") else 0)
     else:
         from chdb import session
@@ -258,11 +259,12 @@ def load(engine, path, ndjson, schema):
         s.query(f"CREATE TABLE events ({cols}) ENGINE = MergeTree ORDER BY time_ns")
         s.query(f"INSERT INTO events SELECT * FROM file('{ndjson}', JSONEachRow, '{cols}')")
         cpu, wall = _cpu_self() - c0, time.perf_counter() - t0
+        rows = int(s.query("SELECT count() FROM events", "CSV").data().strip())
         # Parts merge in the background; the size counted is after they are merged into one.
         s.query("OPTIMIZE TABLE events FINAL")
         s.close()
         size = du(os.path.join(path, "store"))
-    return dict(cpu=cpu, wall=wall, disk=size)
+    return dict(cpu=cpu, wall=wall, disk=size, rows=rows)
 
 
 def du(path):
@@ -273,7 +275,7 @@ def du(path):
     return total
 
 
-def _norm(v):
+def norm(v):
     if isinstance(v, float) and v.is_integer():
         return int(v)
     if isinstance(v, (bytes, bytearray)):
@@ -314,7 +316,7 @@ def serve(engine, path, parquet_filter):
             print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
             continue
         wall, cpu = (time.perf_counter() - t0) * 1000, _cpu_self() - c0
-        print(json.dumps({"rows": [[_norm(v) for v in r] for r in rows], "wall_ms": wall, "cpu_s": cpu},
+        print(json.dumps({"rows": [[norm(v) for v in r] for r in rows], "wall_ms": wall, "cpu_s": cpu},
                          default=str), flush=True)
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
