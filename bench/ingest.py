@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -32,6 +33,11 @@ def ready_line(proc, marker):
         if marker in line:
             return line
     raise RuntimeError(f"process exited before {marker!r}")
+
+
+def drain(proc):
+    """Reads a process's stderr to its end in the background, so that it never blocks on a full pipe."""
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
 
 
 def field(line, key):
@@ -98,6 +104,7 @@ def serve(exe, certs, named):
                               "--allow-clients", f"{certs}/allowed-clients.txt", "--", *cmd],
                              stderr=subprocess.PIPE)
         addr = field(ready_line(p, "ready stream="), "chunks")
+        drain(p)
         procs.append(p)
         sources += f'[[source]]\nname = "{name}"\nurl = "https://{addr}"\n'
     return procs, sources
@@ -118,6 +125,7 @@ def start_store(exe, work, certs, sources, name="store", extra=""):
                 f'key = "{certs}/store.key"\nca = "{certs}/ca.pem"\n{extra}{sources}')
     store = subprocess.Popen([exe, "store", "--config", config], stderr=subprocess.PIPE)
     listen = field(ready_line(store, "sluice store: ready"), "listen")
+    drain(store)
     return store, listen, store_dir
 
 
