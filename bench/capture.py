@@ -76,8 +76,21 @@ def supervise(exe, src, work, extra):
     cpu = (stop["cpu_user_us"] + stop["cpu_system_us"]) / 1e6
     rss_mb = stop["max_rss_kb"] / 1024
     stored = sum(os.path.getsize(os.path.join(data, n)) for n in os.listdir(data))
+    lines = child_lines(data)
     shutil.rmtree(data, ignore_errors=True)
-    return wall, cpu, rss_mb, stored
+    return wall, cpu, rss_mb, stored, lines
+
+
+def child_lines(data_dir):
+    """Lines in the chunk files that came from the child (the supervisor's own events excluded)."""
+    n = 0
+    for name in os.listdir(data_dir):
+        if name.endswith(".chunk") or name.endswith(".open"):
+            with open(os.path.join(data_dir, name), "rb") as f:
+                # Each block ends at a line end, so that no marker is split between two blocks.
+                while block := f.read(1 << 24) + f.readline():
+                    n += block.count(b"\n") - block.count(b'"sluice_origin":"supervisor"')
+    return n
 
 
 def proc_cpu_s(pid):

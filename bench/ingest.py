@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -32,6 +33,11 @@ def ready_line(proc, marker):
         if marker in line:
             return line
     raise RuntimeError(f"process exited before {marker!r}")
+
+
+def drain(proc):
+    """Reads a process's stderr to its end in the background, so that it never blocks on a full pipe."""
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
 
 
 def field(line, key):
@@ -76,41 +82,62 @@ def du(path):
     return total
 
 
-def one_run(exe, work, events, baselines):
-    certs = os.path.join(work, "certs")
-    subprocess.run([exe, "certs", "--dir", certs, "--client", "store"], check=True, stdout=subprocess.DEVNULL)
-    sups, sources = [], ""
-    for i in range(SOURCES):
+def prefill(exe, work, commands):
+    """Runs each command under its own supervisor until it exits; returns their data dirs."""
+    dirs = []
+    for i, cmd in enumerate(commands):
         data = os.path.join(work, f"sup{i}")
         subprocess.run([exe, "supervise", "--data-dir", data, "--listen", "none", "--metrics-listen", "none",
-                        "--restart", "never", "--retention-bytes-max", "100GB", "--",
-                        exe, "gen", "--count", str(events // SOURCES), "--seed", str(i)], check=True,
+                        "--restart", "never", "--retention-bytes-max", "100GB", "--", *cmd], check=True,
                        stderr=subprocess.DEVNULL)
+        dirs.append(data)
+    return dirs
+
+
+def serve(exe, certs, named):
+    """Starts a serving supervisor per (name, data_dir, child command); returns (procs, [[source]] TOML)."""
+    procs, sources = [], ""
+    for name, data, cmd in named:
         p = subprocess.Popen([exe, "supervise", "--data-dir", data, "--listen", "127.0.0.1:0",
                               "--metrics-listen", "none", "--retention-bytes-max", "100GB",
                               "--tls-cert", f"{certs}/server.pem", "--tls-key", f"{certs}/server.key",
-                              "--allow-clients", f"{certs}/allowed-clients.txt", "--", "sleep", "3600"],
+                              "--allow-clients", f"{certs}/allowed-clients.txt", "--", *cmd],
                              stderr=subprocess.PIPE)
         addr = field(ready_line(p, "ready stream="), "chunks")
-        sups.append((p, data))
-        sources += f'[[source]]\nname = "web-{i}"\nurl = "https://{addr}"\n'
-    store_dir = os.path.join(work, "store")
-    config = os.path.join(work, "store.toml")
+        drain(p)
+        procs.append(p)
+        sources += f'[[source]]\nname = "{name}"\nurl = "https://{addr}"\n'
+    return procs, sources
+
+
+def make_certs(exe, work):
+    certs = os.path.join(work, "certs")
+    subprocess.run([exe, "certs", "--dir", certs, "--client", "store"], check=True, stdout=subprocess.DEVNULL)
+    return certs
+
+
+def start_store(exe, work, certs, sources, name="store", extra=""):
+    """Starts `sluice store` on its own data dir; returns (proc, listen address, data dir)."""
+    store_dir = os.path.join(work, name)
+    config = os.path.join(work, f"{name}.toml")
     with open(config, "w") as f:
         f.write(f'data_dir = "{store_dir}"\nlisten = "127.0.0.1:0"\n[tls]\ncert = "{certs}/store.pem"\n'
-                f'key = "{certs}/store.key"\nca = "{certs}/ca.pem"\n{sources}')
-    raw_bytes = raw_lines = 0
-    for _, d in sups:
-        b, n = chunk_bytes_and_lines(d)
-        raw_bytes += b
-        raw_lines += n
-    t0 = time.perf_counter()
+                f'key = "{certs}/store.key"\nca = "{certs}/ca.pem"\n{extra}{sources}')
     store = subprocess.Popen([exe, "store", "--config", config], stderr=subprocess.PIPE)
     listen = field(ready_line(store, "sluice store: ready"), "listen")
+    drain(store)
+    return store, listen, store_dir
+
+
+def pull(exe, work, certs, sources, lines, name="store"):
+    """One store pulls everything the sources hold: wall time until all `lines` are held, the
+    store's CPU and peak RSS (from /proc), and the bytes of its data dir after it stopped."""
+    t0 = time.perf_counter()
+    store, listen, store_dir = start_store(exe, work, certs, sources, name)
     deadline = time.time() + 3600
     while True:
         held = metric(listen, "sluice_store_rows_in_segments") + metric(listen, "sluice_store_rows_buffered")
-        if held >= raw_lines:
+        if held >= lines:
             break
         if time.time() > deadline:
             raise RuntimeError("store did not catch up within an hour")
@@ -120,14 +147,28 @@ def one_run(exe, work, events, baselines):
     rss = peak_rss_mb(store.pid)
     store.terminate()
     store.wait()
-    disk = du(store_dir)
-    for p, _ in sups:
+    return dict(wall=wall, cpu=cpu, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir)
+
+
+def one_run(exe, work, events, baselines):
+    certs = make_certs(exe, work)
+    dirs = prefill(exe, work, [[exe, "gen", "--count", str(events // SOURCES), "--seed", str(i)]
+                               for i in range(SOURCES)])
+    sups, sources = serve(exe, certs, [(f"web-{i}", d, ["sleep", "3600"]) for i, d in enumerate(dirs)])
+    raw_bytes = raw_lines = 0
+    for d in dirs:
+        b, n = chunk_bytes_and_lines(d)
+        raw_bytes += b
+        raw_lines += n
+    r = pull(exe, work, certs, sources, raw_lines)
+    wall, cpu, rss, disk = r["wall"], r["cpu"], r["rss"], r["disk"]
+    for p in sups:
         p.terminate()
         p.wait()
     # zstd -19 of the same raw lines, single-threaded.
     raw_all = os.path.join(work, "raw.ndjson")
     with open(raw_all, "wb") as out:
-        for _, d in sups:
+        for d in dirs:
             for n in sorted(os.listdir(d), key=lambda n: (len(n), n)):
                 if n.endswith(".chunk") or n.endswith(".open"):
                     with open(os.path.join(d, n), "rb") as f:
