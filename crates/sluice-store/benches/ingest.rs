@@ -2,7 +2,9 @@
 //! write path, flushes and compacts, then reports throughput per CPU-second, peak RSS and bytes on
 //! disk per event beside `zstd -19` of the same raw lines, and the size of the term indexes.
 //!
-//! Run: `cargo bench -p sluice-store --bench ingest` (`BENCH_LINES=N` to change the 2,000,000).
+//! Run: `cargo bench -p sluice-store --bench ingest` (`BENCH_LINES=N` to change the 2,000,000;
+//! `BENCH_ZSTD=0` skips the reference compression; `BENCH_MAINTENANCE=0` times the commit path and
+//! one flush of everything apart; `BENCH_KEEP=DIR` keeps a copy of the segments).
 //! It does not measure the network or TLS (that is the puller's benchmark).
 
 #![allow(clippy::unwrap_used)]
@@ -128,6 +130,11 @@ fn main() {
     let mut cfg = StoreConfig::new(&data_dir);
     // Background maintenance flushes during ingest, as in production.
     cfg.maintenance = true;
+    // BENCH_MAINTENANCE=0: no background flushes, so "ingest" is the commit path alone (WAL,
+    // parsing, Arrow builders) and "final" one flush of every row (sort, Parquet, term index).
+    if std::env::var("BENCH_MAINTENANCE").as_deref() == Ok("0") {
+        cfg.maintenance = false;
+    }
     let store = Arc::new(Store::open(cfg).unwrap());
 
     let cpu0 = cpu_time();
@@ -197,6 +204,14 @@ fn main() {
     }
     store.close().unwrap();
     let disk = dir_bytes(&data_dir);
+    // BENCH_KEEP=DIR keeps a copy of the segments there, for looking at their encodings.
+    if let Ok(keep) = std::env::var("BENCH_KEEP") {
+        let out = Path::new(&keep);
+        std::fs::create_dir_all(out).unwrap();
+        for (i, seg) in manifest.segments.iter().enumerate() {
+            std::fs::copy(data_dir.join(&seg.path), out.join(format!("seg-{i}.parquet"))).unwrap();
+        }
+    }
     // BENCH_ZSTD=0 skips the (slow) reference compression, for profiling the store alone.
     let (z, how) =
         if std::env::var("BENCH_ZSTD").as_deref() == Ok("0") { (1, "zstd skipped") } else { zstd19(&raw_path) };
