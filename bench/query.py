@@ -14,7 +14,7 @@ it is timed. Then freshness: a probe child writes an event, and the time until t
 returned by /api/search and by /api/tail is measured, p50/p99 over --probes probes, while a
 background source writes --background-rate events per second.
 
-    python3 bench/query.py [--events 10000000] [--runs 5] [--probes 1000] [--smoke]
+    python3 bench/query.py [--events 10000000] [--runs 5] [--probes 1000] [--smoke] [--keep]
 """
 
 import argparse
@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--probes", type=int, default=1000)
     ap.add_argument("--background-rate", type=int, default=2000)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check that the harness works")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory (the store's data_dir is its store/ folder) and print its path")
     args = ap.parse_args()
     if args.smoke:
         args.events, args.runs, args.probes, args.background_rate = 20_000, 1, 20, 200
@@ -297,7 +299,10 @@ def main():
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        subprocess.run(["rm", "-rf", work])
+        if args.keep:
+            print(f"Kept {work} (the store's data: {work}/store, its config: {work}/store.toml)")
+        else:
+            subprocess.run(["rm", "-rf", work])
 
 
 if __name__ == "__main__":
