@@ -72,7 +72,7 @@ pub use mask::{KeyError, MaskKey, HIDDEN, HIDDEN_COLUMNS, KEY_FILE};
 pub use search::{
     needed_terms, Needed, SearchRequest, LIMIT_DEFAULT as SEARCH_LIMIT_DEFAULT, LIMIT_MAX as SEARCH_LIMIT_MAX,
 };
-pub use table::{EventsTable, ScanCounters, SegmentFilter};
+pub use table::{EventsTable, ScanCounters, SegmentAccess, SegmentFilter};
 pub use tail::{Tail, TailBatch, TAIL_BACKLOG_ROWS_MAX};
 
 use mask::{MaskKind, MaskUdf, PII_PREFIX};

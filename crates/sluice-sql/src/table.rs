@@ -1,11 +1,13 @@
 //! The `events` table: one DataFusion table over a [`StoreView`] — the live Parquet segments and
 //! the buffered rows together, so that an event is in exactly one of them — with segment pruning
-//! by event time and by a caller-supplied segment filter (term indexes), counted for the stats.
+//! by event time and by a caller-supplied segment filter (term indexes), which may also narrow a
+//! segment to row ranges (its blocks that may match), counted for the stats.
 //!
 //! Not here: masking (the engine wraps this table in a masking view for callers without the
 //! `pii` role) or SQL (DataFusion plans over it).
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,18 +18,31 @@ use datafusion::common::DFSchema;
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::parquet::arrow::arrow_reader::RowSelection;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use sluice_store::{SegmentMeta, StoreView, COL_TIME_NS};
 
-/// Decides per segment whether it may hold a match (term indexes); `false` skips it.
-pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> bool + Send + Sync>;
+/// Decides per segment what of it may hold a match (term indexes).
+pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> SegmentAccess + Send + Sync>;
+
+/// What a scan reads of one segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentAccess {
+    /// Nothing: it cannot hold a match.
+    Skip,
+    /// Every row.
+    All,
+    /// Only these row ranges (ascending, disjoint, non-empty, within the segment's rows).
+    Rows(Vec<Range<u64>>),
+}
 
 /// What one query's scans did, shared with the engine that reports it.
 #[derive(Debug, Default)]
@@ -149,10 +164,20 @@ impl TableProvider for EventsTable {
         let mut skipped = 0u64;
         for seg in &self.view.segments {
             let in_time = seg.time_ns_max >= lo && seg.time_ns_min <= hi;
-            if in_time && self.filter.as_ref().is_none_or(|f| f(seg)) {
-                files.push(PartitionedFile::new(seg.path.clone(), seg.bytes));
-            } else {
-                skipped += 1;
+            let access = match &self.filter {
+                _ if !in_time => SegmentAccess::Skip,
+                Some(f) => f(seg),
+                None => SegmentAccess::All,
+            };
+            let file = PartitionedFile::new(seg.path.clone(), seg.bytes);
+            match access {
+                SegmentAccess::Skip => skipped += 1,
+                SegmentAccess::All => files.push(file),
+                SegmentAccess::Rows(ranges) => {
+                    let ranges = ranges.into_iter().map(|r| r.start as usize..r.end as usize);
+                    let selection = RowSelection::from_consecutive_ranges(ranges, seg.rows as usize);
+                    files.push(file.with_extension(ParquetRowSelection::new(selection)));
+                }
             }
         }
         self.counters.segments_read.fetch_add(files.len() as u64, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Per-segment term indexes as a search uses them: before the query runs, the live segments'
-//! indexes (cached by the store) are asked whether each may hold every term the search needs;
-//! the ones that cannot are left out of the scan.
+//! indexes (cached by the store) are asked which blocks of each may hold every term the search
+//! needs; segments with no such block are left out of the scan, and of the others only those
+//! blocks' rows are read.
 //!
 //! Not here: building or storing the indexes (sluice-store's `terms`).
 //!
@@ -8,34 +9,84 @@
 //! caller with the `pii` role consults the restricted filter (`pii_*` values and bad-line text),
 //! and for such a caller a bare word may also be in the bad-line text.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use sluice_store::{SegmentTerms, Store};
 
 use crate::search::Needed;
+use crate::table::SegmentAccess;
 use crate::{Access, SegmentFilter};
 
-/// Whether a segment with index `t` may hold every term in `needed`.
-fn may_match(t: &SegmentTerms, needed: &[Needed], access: Access) -> bool {
-    needed.iter().all(|n| match n {
-        Needed::Token(tok) => t.may_contain_token(tok) || (access.pii && t.may_contain_hidden_token(tok)),
-        Needed::PiiToken { column, token } => access.pii && t.may_contain_pii_token(column, token),
-    })
+/// Blocks that may hold a match: `None` for every block (the index cannot tell).
+type Blocks = Option<Vec<bool>>;
+
+fn and(a: Blocks, b: Blocks) -> Blocks {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(a), Some(b)) => Some(a.iter().zip(&b).map(|(x, y)| *x && *y).collect()),
+    }
 }
 
-/// The filter that skips the live segments that cannot match. Segments that become live after
-/// this call are read (never wrongly skipped).
+fn or(a: Blocks, b: Blocks) -> Blocks {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.iter().zip(&b).map(|(x, y)| *x || *y).collect()),
+        _ => None,
+    }
+}
+
+/// What to read of a segment of `rows` rows with index `t` for a search needing every term in
+/// `needed`.
+pub(crate) fn segment_access(t: &SegmentTerms, rows: u64, needed: &[Needed], access: Access) -> SegmentAccess {
+    let mut blocks: Blocks = None;
+    for n in needed {
+        let b = match n {
+            // A caller with the pii role also finds bare words in the hidden text of bad lines.
+            Needed::Token(tok) if access.pii => or(t.token_blocks_open(tok), t.token_blocks_hidden(tok)),
+            Needed::Token(tok) => t.token_blocks_open(tok),
+            Needed::PiiToken { column, token } if access.pii => t.token_blocks_pii(column, token),
+            // Never asked for (see `needed_terms`); pruning on it would reveal pii values.
+            Needed::PiiToken { .. } => None,
+        };
+        blocks = and(blocks, b);
+    }
+    // An index that disagrees with the manifest on the rows is not used to narrow.
+    let Some(blocks) = blocks.filter(|_| t.rows() == rows) else { return SegmentAccess::All };
+    if !blocks.contains(&true) {
+        return SegmentAccess::Skip;
+    }
+    if !blocks.contains(&false) {
+        return SegmentAccess::All;
+    }
+    let block_rows = t.block_rows();
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    for (b, _) in blocks.iter().enumerate().filter(|(_, on)| **on) {
+        let (start, end) = (b as u64 * block_rows, ((b as u64 + 1) * block_rows).min(rows));
+        match ranges.last_mut() {
+            Some(last) if last.end == start => last.end = end,
+            _ => ranges.push(start..end),
+        }
+    }
+    SegmentAccess::Rows(ranges)
+}
+
+/// The filter that skips the live segments that cannot match and narrows the others to their
+/// blocks that may. Segments that become live after this call are read whole (never wrongly
+/// skipped).
 pub(crate) async fn filter(store: &Store, needed: Vec<Needed>, access: Access) -> Option<SegmentFilter> {
     if needed.is_empty() {
         return None;
     }
-    let mut skip = HashSet::new();
+    let mut narrowed = HashMap::new();
     for seg in store.manifest().segments {
         let t = store.segment_terms(&seg.path).await;
-        if !may_match(&t, &needed, access) {
-            skip.insert(seg.path);
+        let a = segment_access(&t, seg.rows, &needed, access);
+        if a != SegmentAccess::All {
+            narrowed.insert(seg.path, a);
         }
     }
-    Some(Arc::new(move |seg: &sluice_store::SegmentMeta| !skip.contains(&seg.path)))
+    Some(Arc::new(move |seg: &sluice_store::SegmentMeta| {
+        narrowed.get(&seg.path).cloned().unwrap_or(SegmentAccess::All)
+    }))
 }

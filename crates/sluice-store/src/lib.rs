@@ -94,7 +94,7 @@ pub use buffer::{
     FIXED_COLUMNS, OVERFLOW_UNPARSED, OVERFLOW_UNPARSED_CUT, UNPARSED_BYTES_MAX,
 };
 pub use manifest::{Manifest, SegmentMeta};
-pub use terms::{column_class, terms_path, ColumnClass, SegmentTerms, TermsCache, TermsError, TermsItems};
+pub use terms::{column_class, terms_path, ColumnClass, SegmentTerms, TermsCache, TermsError, TermsItems, BLOCK_ROWS};
 
 use buffer::{Buffer, LineMeta, Registry};
 use manifest::{KeyEntry, ManifestError, ProgressRecord};

@@ -35,7 +35,7 @@ use parquet::schema::types::ColumnPath;
 use crate::buffer::{align, FxBuild, COL_ID, COL_RECEIVED_NS, COL_SEQ, COL_TIME_NS, FIXED_COLUMNS};
 use crate::manifest::SegmentMeta;
 use crate::runtime::block_on;
-use crate::terms::{terms_path, TermsBuilder};
+use crate::terms::{terms_path, TermsBuilder, BLOCK_ROWS};
 
 /// Directory of the segments under the data directory.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -102,6 +102,9 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
         .set_dictionary_enabled(true)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS_MAX))
+        // Pages end on the term index's block boundaries, so a block a needle query skips is
+        // pages it never decompresses.
+        .set_data_page_row_count_limit(BLOCK_ROWS as usize)
         .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]));
     for name in [COL_TIME_NS, COL_RECEIVED_NS] {
         let path = ColumnPath::from(name);

@@ -47,10 +47,23 @@
 //! filter is shrunk in proportion, so the false-positive rate grows (about 10% at half the bits
 //! per item) but building never fails. The 3-gram filter's items are at most the 2^24 possible
 //! byte triples. Positions come from one xxh3-64 hash per item by double hashing
-//! (`h1 + i·h2 mod bits`, with `h1`, `h2` its low and high 32 bits). Items: a token's UTF-8
+//! (`h1 + i·h2 mod bits`, with `h1`, `h2` its low and high 32 bits, `h2` with its lowest bit
+//! set). Items: a token's UTF-8
 //! bytes; a 3-gram's three bytes; in the restricted filter, with seeds [`SEED_PII`],
 //! [`SEED_HIDDEN_TOKEN`] and [`SEED_HIDDEN_TRIGRAM`], `column 0xFF token` (0xFF never occurs in
 //! UTF-8), the token, or the three bytes.
+//!
+//! # Blocks
+//!
+//! Token items (open tokens, pii pairs, hidden tokens) are indexed per block of [`BLOCK_ROWS`]
+//! rows: the item is the token's hash mixed with its block number ([`block_item`]), so one filter
+//! answers "may block b hold t?" for every block, and a needle query reads only the row ranges of
+//! the blocks that may match (the segment writer cuts data pages at block boundaries, so a
+//! skipped block's pages are not even decompressed). A token is counted once per block it occurs
+//! in, which is what sizes the filters; most tokens repeat within a block, so this costs far less
+//! than a filter per block would. 3-grams are indexed for the whole segment. The open tokens of
+//! [`MASKED_TEXT`] are in exactly the blocks that hold hidden text. With 1% false positives per
+//! block, a token absent from a segment of `n` blocks still leaves about `n / 100` blocks to read.
 //!
 //! # File format
 //!
@@ -62,13 +75,16 @@
 //! 8       4           version (1)
 //! 12      4           filter count (3: tokens, 3-grams, restricted)
 //! 16      8           rows of the segment
-//! 24      3 × 24      per filter: items u64 (distinct items inserted), hashes u32,
+//! 24      8           rows per block (BLOCK_ROWS when written)
+//! 32      3 × 24      per filter: items u64 (distinct items inserted), hashes u32,
 //!                     flags u32 (bit 0: shrunk below the target rate by the cap), words u64
-//! 96      8 × words   the bit words of each filter in turn (bit i is bit i%64 of word i/64)
+//! 104     8 × words   the bit words of each filter in turn (bit i is bit i%64 of word i/64)
 //! end-4   4           crc32c of every byte before it
 //! ```
 //!
-//! A filter with no items has no words and contains nothing.
+//! A filter with no items has no words and contains nothing. Version 1 files (one item per token
+//! for the whole segment, no block field) are not read: their segments are searched without an
+//! index until a compaction rewrites them.
 //!
 //! # Life cycle and crash safety
 //!
@@ -102,7 +118,11 @@ pub const TERMS_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of term indexes [`TermsCache`] keeps in memory by default.
 pub const TERMS_CACHE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 /// Version written; another version is not read (the segment is then searched without it).
-pub const TERMS_VERSION: u32 = 1;
+pub const TERMS_VERSION: u32 = 2;
+/// Rows per block: tokens are indexed per block of this many rows of the segment (in the order
+/// they are written), so that a needle query reads only the blocks that may hold it. The segment
+/// writer cuts its data pages at this many rows too, so a skipped block is a skipped page.
+pub const BLOCK_ROWS: u64 = 8192;
 /// What the API shows callers without the `pii` role instead of hidden text.
 pub const MASKED_TEXT: &str = "(hidden)";
 /// Hash seeds of the restricted filter's three kinds of item.
@@ -112,7 +132,8 @@ pub const SEED_HIDDEN_TRIGRAM: u64 = 3;
 
 const MAGIC: [u8; 8] = *b"SLTERMS\0";
 const FILTERS: usize = 3;
-const HEADER_BYTES: usize = 24 + FILTERS * 24;
+const FIXED_HEADER_BYTES: usize = 32;
+const HEADER_BYTES: usize = FIXED_HEADER_BYTES + FILTERS * 24;
 const CRC_BYTES: usize = 4;
 const SEGMENT_EXTENSION: &str = ".parquet";
 const TERMS_EXTENSION: &str = ".terms";
@@ -308,6 +329,10 @@ fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
 /// filters and encodes the file.
 pub struct TermsBuilder {
     rows: u64,
+    /// Block of the values being added (see [`BLOCK_ROWS`]).
+    block: u64,
+    /// Blocks holding hidden text, whose open token items then include [`MASKED_TEXT`]'s.
+    hidden_blocks: Vec<u64>,
     open_tokens: HashValues,
     open_trigrams: TrigramSet,
     /// Pii pairs and hidden tokens, already hashed with their seeds.
@@ -332,6 +357,8 @@ impl TermsBuilder {
     pub fn new() -> TermsBuilder {
         TermsBuilder {
             rows: 0,
+            block: 0,
+            hidden_blocks: Vec::new(),
             open_tokens: HashValues::default(),
             open_trigrams: TrigramSet::new(),
             restricted: HashValues::default(),
@@ -345,21 +372,30 @@ impl TermsBuilder {
         }
     }
 
-    /// Index every string value of `batch` by its column's class.
+    /// Index every string value of `batch` by its column's class. Batches must come in the
+    /// order their rows are written: a row's block is its position in the segment.
     pub fn add_batch(&mut self, batch: &RecordBatch) {
+        let first = self.rows;
         self.rows += batch.num_rows() as u64;
         let schema = batch.schema();
         for (field, column) in schema.fields().iter().zip(batch.columns()) {
             let name = field.name().as_str();
             if name == COL_OVERFLOW {
-                for_each_str(column.as_ref(), |json| self.add_overflow(json));
+                for_each_str(column.as_ref(), |i, json| {
+                    self.block = (first + i as u64) / BLOCK_ROWS;
+                    self.add_overflow(json)
+                });
                 continue;
             }
             let class = column_class(name);
             if class != ColumnClass::NotIndexed {
-                for_each_str(column.as_ref(), |v| self.add_value(class, name, v));
+                for_each_str(column.as_ref(), |i, v| {
+                    self.block = (first + i as u64) / BLOCK_ROWS;
+                    self.add_value(class, name, v)
+                });
             }
         }
+        self.block = self.rows / BLOCK_ROWS;
     }
 
     /// Index the string values of one overflow JSON object by their keys' classes. Keys may repeat
@@ -381,7 +417,8 @@ impl TermsBuilder {
         }
     }
 
-    /// Index one string value of the column (or overflow key) `name` of class `class`.
+    /// Index one string value of the column (or overflow key) `name` of class `class`, in the
+    /// block of the last row added (the first block before any).
     pub fn add_value(&mut self, class: ColumnClass, name: &str, value: &str) {
         let seed = match class {
             ColumnClass::Open => 0,
@@ -389,8 +426,10 @@ impl TermsBuilder {
             ColumnClass::Pii => SEED_PII ^ xxh3_64(name.as_bytes()),
             ColumnClass::NotIndexed => return,
         };
-        // A repeat of a recent value adds nothing; hash 0 is the empty slot and always indexed.
-        let h = xxh3_64_with_seed(value.as_bytes(), seed);
+        // A repeat of a recent value in the same block adds nothing; hash 0 is the empty slot and
+        // always indexed.
+        let block = self.block;
+        let h = xxh3_64_with_seed(value.as_bytes(), seed) ^ block_salt(block);
         let slot = &mut self.seen[(h as usize) % SEEN_SLOTS];
         if *slot == h && h != 0 {
             return;
@@ -400,20 +439,24 @@ impl TermsBuilder {
         match class {
             ColumnClass::Open => {
                 let (set, recent, grams) = (&mut self.open_tokens, &mut self.recent_open, &mut self.open_trigrams);
-                let on_token = |t: &[u8]| insert_hash(set, recent, xxh3_64(t));
+                let on_token = |t: &[u8]| insert_hash(set, recent, block_item(xxh3_64(t), block));
                 for_each_term(value, lower, true, on_token, |text| grams.insert_text(text));
             }
             ColumnClass::Hidden => {
                 let (set, recent) = (&mut self.restricted, &mut self.recent_restricted);
                 let grams = self.hidden_trigrams.get_or_insert_with(TrigramSet::new);
-                let on_token = |t: &[u8]| insert_hash(set, recent, xxh3_64_with_seed(t, SEED_HIDDEN_TOKEN));
+                if self.hidden_blocks.last() != Some(&block) {
+                    self.hidden_blocks.push(block);
+                }
+                let on_token =
+                    |t: &[u8]| insert_hash(set, recent, block_item(xxh3_64_with_seed(t, SEED_HIDDEN_TOKEN), block));
                 for_each_term(value, lower, true, on_token, |text| grams.insert_text(text));
             }
             ColumnClass::Pii => {
                 let (set, recent, pair) = (&mut self.restricted, &mut self.recent_restricted, &mut self.pair);
                 let on_token = |t: &[u8]| {
                     pair_item(pair, name, t);
-                    insert_hash(set, recent, xxh3_64_with_seed(pair, SEED_PII));
+                    insert_hash(set, recent, block_item(xxh3_64_with_seed(pair, SEED_PII), block));
                 };
                 for_each_term(value, lower, false, on_token, |_| {});
             }
@@ -424,8 +467,13 @@ impl TermsBuilder {
     /// Size the filters, fill them and encode the sidecar file.
     pub fn finish(mut self) -> Bytes {
         if self.hidden_trigrams.is_some() {
+            self.hidden_blocks.sort_unstable();
+            self.hidden_blocks.dedup();
             for token in tokens(MASKED_TEXT) {
-                self.open_tokens.insert(xxh3_64(normalize(token).as_bytes()));
+                let h = xxh3_64(normalize(token).as_bytes());
+                for &block in &self.hidden_blocks {
+                    self.open_tokens.insert(block_item(h, block));
+                }
             }
             for g in trigrams(MASKED_TEXT) {
                 self.open_trigrams.insert(g);
@@ -458,6 +506,20 @@ impl TermsBuilder {
         }
         encode(self.rows, &filters)
     }
+}
+
+/// Mixed into a value's hash so that the same value in another block is indexed again.
+fn block_salt(block: u64) -> u64 {
+    block.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The item a token hash `h` of block `block` is in the filters as: both halves of the result
+/// (the double hashing's two hashes) depend on both inputs (the splitmix64 finalizer).
+fn block_item(h: u64, block: u64) -> u64 {
+    let mut x = h ^ block_salt(block);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Add an item hash to `set` unless `recent` shows it was just added.
@@ -509,15 +571,21 @@ fn for_each_term(
     }
 }
 
-/// Call `f` with every non-null value of a string array; other arrays are skipped.
-fn for_each_str(array: &dyn Array, mut f: impl FnMut(&str)) {
+/// Call `f` with the row and value of every non-null value of a string array; other arrays are
+/// skipped.
+fn for_each_str(array: &dyn Array, mut f: impl FnMut(usize, &str)) {
     if array.null_count() == array.len() {
         return;
     }
+    let mut each = |(i, v): (usize, Option<&str>)| {
+        if let Some(v) = v {
+            f(i, v)
+        }
+    };
     match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().iter().flatten().for_each(&mut f),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().flatten().for_each(&mut f),
-        DataType::Utf8View => array.as_string_view().iter().flatten().for_each(&mut f),
+        DataType::Utf8 => array.as_string::<i32>().iter().enumerate().for_each(&mut each),
+        DataType::LargeUtf8 => array.as_string::<i64>().iter().enumerate().for_each(&mut each),
+        DataType::Utf8View => array.as_string_view().iter().enumerate().for_each(&mut each),
         _ => {}
     }
 }
@@ -556,9 +624,10 @@ impl Bloom {
         self.words.len() as u64 * 64
     }
 
-    /// The `hashes` bit positions of an item hash: `h1 + i·h2 mod bits` (double hashing).
+    /// The `hashes` bit positions of an item hash: `h1 + i·h2 mod bits` (double hashing). `h2`
+    /// is made odd: `bits` is a multiple of 64, and an even step would revisit fewer positions.
     fn position(h: u64, i: u64, bits: u64) -> u64 {
-        let (h1, h2) = (h & 0xFFFF_FFFF, h >> 32);
+        let (h1, h2) = (h & 0xFFFF_FFFF, (h >> 32) | 1);
         h1.wrapping_add(i.wrapping_mul(h2)) % bits
     }
 
@@ -612,6 +681,7 @@ fn encode(rows: u64, filters: &[Bloom; FILTERS]) -> Bytes {
     out.extend_from_slice(&TERMS_VERSION.to_le_bytes());
     out.extend_from_slice(&(FILTERS as u32).to_le_bytes());
     out.extend_from_slice(&rows.to_le_bytes());
+    out.extend_from_slice(&BLOCK_ROWS.to_le_bytes());
     for f in filters {
         out.extend_from_slice(&f.items.to_le_bytes());
         out.extend_from_slice(&f.hashes.to_le_bytes());
@@ -645,6 +715,7 @@ pub struct TermsItems {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentTerms {
     rows: u64,
+    block_rows: u64,
     /// `None`: unavailable, everything may be contained.
     filters: Option<[Bloom; FILTERS]>,
 }
@@ -683,10 +754,14 @@ impl SegmentTerms {
             return Err("checksum mismatch".into());
         }
         let rows = u64_at(16);
+        let block_rows = u64_at(24);
+        if block_rows == 0 {
+            return Err("block rows 0".into());
+        }
         let mut at = HEADER_BYTES;
         let mut filters = Vec::with_capacity(FILTERS);
         for i in 0..FILTERS {
-            let d = 24 + i * 24;
+            let d = FIXED_HEADER_BYTES + i * 24;
             let (items, hashes, flags, words) = (u64_at(d), u32_at(d + 8), u32_at(d + 12), u64_at(d + 16));
             let bytes = words.checked_mul(8).filter(|b| *b <= (body.len() - at) as u64).ok_or("filter past the end")?;
             if (words == 0) != (items == 0) || (words > 0 && !(1..=HASHES_MAX).contains(&hashes)) {
@@ -701,12 +776,12 @@ impl SegmentTerms {
             return Err(format!("{} bytes after the filters", body.len() - at));
         }
         let filters: [Bloom; FILTERS] = filters.try_into().expect("FILTERS filters were read");
-        Ok(SegmentTerms { rows, filters: Some(filters) })
+        Ok(SegmentTerms { rows, block_rows, filters: Some(filters) })
     }
 
     /// The stand-in for a segment whose index is missing or invalid: may contain anything.
     pub fn unavailable() -> SegmentTerms {
-        SegmentTerms { rows: 0, filters: None }
+        SegmentTerms { rows: 0, block_rows: BLOCK_ROWS, filters: None }
     }
 
     /// Whether this is a real index (not [`SegmentTerms::unavailable`]).
@@ -735,10 +810,54 @@ impl SegmentTerms {
         self.filters.as_ref().is_none_or(|f| f[filter].contains(h))
     }
 
+    /// Rows per block of this index.
+    pub fn block_rows(&self) -> u64 {
+        self.block_rows
+    }
+
+    /// Blocks of the segment: rows divided by [`SegmentTerms::block_rows`], rounded up, at least 1.
+    pub fn blocks(&self) -> u64 {
+        self.rows.div_ceil(self.block_rows).max(1)
+    }
+
+    /// The blocks whose filter `filter` may hold token item `h`: `None` when the index is
+    /// unavailable (every block may).
+    fn token_blocks(&self, filter: usize, h: u64) -> Option<Vec<bool>> {
+        let f = &self.filters.as_ref()?[filter];
+        Some((0..self.blocks()).map(|b| f.contains(block_item(h, b))).collect())
+    }
+
+    fn check_token(&self, filter: usize, h: u64) -> bool {
+        match &self.filters {
+            None => true,
+            Some(f) => (0..self.blocks()).any(|b| f[filter].contains(block_item(h, b))),
+        }
+    }
+
+    /// The blocks in which an open value may hold this token (`None`: the index cannot tell, every
+    /// block may). Row `r` of the segment is in block `r / block_rows()`.
+    pub fn token_blocks_open(&self, normalized: &str) -> Option<Vec<bool>> {
+        self.token_blocks(0, xxh3_64(normalized.as_bytes()))
+    }
+
+    /// [`SegmentTerms::token_blocks_open`] for the `pii_*` column (or overflow key) `column`; only
+    /// for a query run for a caller with the `pii` role.
+    pub fn token_blocks_pii(&self, column: &str, normalized: &str) -> Option<Vec<bool>> {
+        let mut item = Vec::with_capacity(column.len() + 1 + normalized.len());
+        pair_item(&mut item, column, normalized.as_bytes());
+        self.token_blocks(2, xxh3_64_with_seed(&item, SEED_PII))
+    }
+
+    /// [`SegmentTerms::token_blocks_open`] for hidden values (original text of bad lines); only
+    /// for a caller with the `pii` role.
+    pub fn token_blocks_hidden(&self, normalized: &str) -> Option<Vec<bool>> {
+        self.token_blocks(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+    }
+
     /// May an open value hold this token? `normalized` is one [`sluice_query::tokens`] item
     /// after [`sluice_query::normalize`]. False means certainly not.
     pub fn may_contain_token(&self, normalized: &str) -> bool {
-        self.check(0, xxh3_64(normalized.as_bytes()))
+        self.check_token(0, xxh3_64(normalized.as_bytes()))
     }
 
     /// May an open value hold every token of `text` (a bare word or phrase; tokens are split and
@@ -759,7 +878,7 @@ impl SegmentTerms {
     pub fn may_contain_pii_token(&self, column: &str, normalized: &str) -> bool {
         let mut item = Vec::with_capacity(column.len() + 1 + normalized.len());
         pair_item(&mut item, column, normalized.as_bytes());
-        self.check(2, xxh3_64_with_seed(&item, SEED_PII))
+        self.check_token(2, xxh3_64_with_seed(&item, SEED_PII))
     }
 
     /// May `column`'s values hold every token of `value` (for `pii_x:value`)? Only for a caller
@@ -771,7 +890,7 @@ impl SegmentTerms {
     /// May a hidden value (original text of bad lines) hold this normalized token? Only for a
     /// caller with the `pii` role, whose bare words also search that text.
     pub fn may_contain_hidden_token(&self, normalized: &str) -> bool {
-        self.check(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+        self.check_token(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
     }
 
     /// [`SegmentTerms::may_contain_words`] for hidden values; only for a caller with the `pii` role.
@@ -876,7 +995,8 @@ mod tests {
         assert_eq!(&data[..8], b"SLTERMS\0");
         assert_eq!(u32::from_le_bytes(data[8..12].try_into().unwrap()), TERMS_VERSION);
         assert_eq!(u32::from_le_bytes(data[12..16].try_into().unwrap()), 3);
-        let items = |i: usize| u64::from_le_bytes(data[24 + i * 24..32 + i * 24].try_into().unwrap());
+        assert_eq!(u64::from_le_bytes(data[24..32].try_into().unwrap()), BLOCK_ROWS);
+        let items = |i: usize| u64::from_le_bytes(data[32 + i * 24..40 + i * 24].try_into().unwrap());
         assert_eq!(items(0), 2, "two tokens");
         assert_eq!(items(1), 16, "distinct 3-grams of \"connection refused\"");
         assert_eq!(items(2), 1, "one pii pair");
@@ -889,9 +1009,43 @@ mod tests {
         let mut bad = data.to_vec();
         bad[HEADER_BYTES + 3] ^= 0x10;
         assert_eq!(SegmentTerms::from_bytes(&bad).unwrap_err(), "checksum mismatch");
-        let mut v2 = data.to_vec();
-        v2[8] = 2;
-        assert!(SegmentTerms::from_bytes(&v2).unwrap_err().contains("version 2"));
+        let mut v1 = data.to_vec();
+        v1[8] = 1;
+        assert!(SegmentTerms::from_bytes(&v1).unwrap_err().contains("version 1"));
+    }
+
+    #[test]
+    fn tokens_are_found_in_their_own_blocks_only() {
+        use arrow_array::StringArray;
+        let rows = (2 * BLOCK_ROWS + 10) as usize;
+        // msg: "row N" everywhere, "needle" at one row of block 1; raw text at one row of block 2;
+        // a pii value at one row of block 0.
+        let msg: Vec<String> =
+            (0..rows).map(|i| if i == BLOCK_ROWS as usize + 3 { "the needle".into() } else { format!("row {i}") }).collect();
+        let raw: Vec<Option<&str>> = (0..rows).map(|i| (i == rows - 1).then_some("secret bad text")).collect();
+        let uid: Vec<Option<&str>> = (0..rows).map(|i| (i == 7).then_some("U577019")).collect();
+        let batch = |from: usize, to: usize| {
+            RecordBatch::try_from_iter([
+                ("msg", Arc::new(StringArray::from_iter_values(msg[from..to].iter())) as arrow_array::ArrayRef),
+                ("sluice_raw", Arc::new(StringArray::from(raw[from..to].to_vec()))),
+                ("pii_uid", Arc::new(StringArray::from(uid[from..to].to_vec()))),
+            ])
+            .unwrap()
+        };
+        let mut b = TermsBuilder::new();
+        // Batches that do not end on block boundaries.
+        b.add_batch(&batch(0, 5000));
+        b.add_batch(&batch(5000, rows));
+        let t = SegmentTerms::from_bytes(&b.finish()).unwrap();
+        assert_eq!((t.rows(), t.blocks(), t.block_rows()), (rows as u64, 3, BLOCK_ROWS));
+        assert_eq!(t.token_blocks_open("needle"), Some(vec![false, true, false]));
+        assert_eq!(t.token_blocks_open("row"), Some(vec![true, true, true]));
+        assert_eq!(t.token_blocks_open("secret"), Some(vec![false, false, false]), "hidden text is not open");
+        assert_eq!(t.token_blocks_hidden("secret"), Some(vec![false, false, true]));
+        assert_eq!(t.token_blocks_open("hidden"), Some(vec![false, false, true]), "the masked text's block");
+        assert_eq!(t.token_blocks_pii("pii_uid", "u577019"), Some(vec![true, false, false]));
+        assert!(t.may_contain_token("needle") && !t.may_contain_token("absent"));
+        assert_eq!(SegmentTerms::unavailable().token_blocks_open("x"), None);
     }
 
     #[test]
