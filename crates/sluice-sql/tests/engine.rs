@@ -432,14 +432,15 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
         let engine = f.engine.clone();
         async move { engine.search(&req, access).await.unwrap() }
     };
-    // One block of the five is read (a second only on a 1% false positive, which these fixed
-    // hashes do not make).
+    // The needle's block of the five is read, and another only on a false positive of the
+    // filter (1% per block).
     let out = run("okapi", VIEWER).await;
     assert_eq!((out.rows(), out.stats.segments_read), (1, 1), "{:?}", out.stats);
-    assert_eq!(out.stats.rows_scanned, block, "{:?}", out.stats);
+    assert!([block, 2 * block].contains(&out.stats.rows_scanned), "{:?}", out.stats);
     assert_eq!(u64s(&out.batches, "time_ns"), vec![T0 + okapi_row]);
     let out = run("pii_uid:U424242", PII).await;
-    assert_eq!((out.rows(), out.stats.rows_scanned), (1, block), "{:?}", out.stats);
+    assert_eq!(out.rows(), 1);
+    assert!([block, 2 * block].contains(&out.stats.rows_scanned), "{:?}", out.stats);
     // The last block is short: the selection ends with the segment.
     let out = run("\"wild okapi\" OR login", VIEWER).await;
     assert_eq!(out.stats.rows_scanned, total, "an OR is not narrowed");
@@ -448,7 +449,9 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
         let out = run(&format!("pii_uid:{uid}"), VIEWER).await;
         assert_eq!((out.rows(), out.stats.rows_scanned), (0, total), "{uid}: {:?}", out.stats);
     }
-    // Two words in different blocks: no block holds both, nothing is read.
+    // Two words in different blocks: no block holds both, so nothing is read but a block where
+    // the filter is wrong about one of them.
     let out = run("okapi login", VIEWER).await;
-    assert_eq!((out.rows(), out.stats.rows_scanned, out.stats.segments_skipped), (0, 0, 1), "{:?}", out.stats);
+    assert_eq!(out.rows(), 0);
+    assert!(out.stats.rows_scanned <= block, "{:?}", out.stats);
 }
