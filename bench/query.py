@@ -11,8 +11,9 @@ warm-up run is made and dropped):
 each with segments read/skipped and the store's peak RSS during the query (VmHWM, reset before
 each query through /proc/PID/clear_refs). Every answer is checked against the raw lines before
 it is timed. Then freshness: a probe child writes an event, and the time until the event is
-returned by /api/search and by /api/tail is measured, p50/p99 over --probes probes, while a
-background source writes --background-rate events per second.
+returned by /api/tail (one phase: each probe waits for the tail to deliver it) and then by
+/api/search (another phase: polled every 2 ms) is measured, p50/p99 over --probes probes each,
+while a background source writes --background-rate events per second.
 
     python3 bench/query.py [--events 10000000] [--runs 5] [--probes 1000] [--smoke] [--keep]
 """
@@ -115,11 +116,16 @@ def timed(fn, runs, pid):
 
 
 class Tail(threading.Thread):
-    """Reads /api/tail and records when each probe id arrived."""
+    """Reads /api/tail and records when each probe id arrived; `arrival(pid)` is set then."""
 
     def __init__(self, listen, q):
         super().__init__(daemon=True)
         self.listen, self.q, self.seen, self.ready = listen, q, {}, threading.Event()
+        self.lock, self.arrivals = threading.Lock(), {}
+
+    def arrival(self, pid):
+        with self.lock:
+            return self.arrivals.setdefault(pid, threading.Event())
 
     def run(self):
         conn = http.client.HTTPConnection(self.listen, timeout=3600)
@@ -136,8 +142,10 @@ class Tail(threading.Thread):
             if line.startswith("event:"):
                 event = line[6:].strip()
             elif line.startswith("data:") and event == "row":
-                row = json.loads(line[5:])
-                self.seen.setdefault(row.get("probe_id"), time.perf_counter())
+                t = time.perf_counter()
+                pid = json.loads(line[5:]).get("probe_id")
+                self.seen.setdefault(pid, t)
+                self.arrival(pid).set()
 
 
 def pct(values, p):
@@ -252,18 +260,35 @@ def main():
             st = out["stats"]
             rows.append((name, ms, st["segments_read"], st["segments_skipped"], st["rows_scanned"], rss))
 
-        # Freshness.
+        # Freshness, in two phases under the same background load, so that neither competes with
+        # the other: first the tail alone (each probe waits for the tail to deliver it), then search.
         tail = Tail(listen, "probe_id:*")
         tail.start()
-        tail.ready.wait(30)
-        time.sleep(0.5)  # let the tail's first poll settle before the first probe
-        search_lat, tail_lat = [], []
-        for k in range(args.probes):
-            pid = f"p{k}"
+        if not tail.ready.wait(30):
+            raise RuntimeError("the tail did not answer within 30 s")
+
+        def probe(pid):
             line = json.dumps({"time_ns": time.time_ns(), "probe_id": pid, "msg": "freshness probe"})
             t = time.perf_counter()
             probe_w.write(line + "\n")
             probe_w.flush()
+            return t
+
+        # A first probe, not counted: the tail is running (and has planned its query) once it is back.
+        probe("warm-up")
+        if not tail.arrival("warm-up").wait(30):
+            raise RuntimeError("the tail did not deliver a probe within 30 s")
+        search_lat, tail_lat = [], []
+        for k in range(args.probes):
+            pid = f"t{k}"
+            arrived = tail.arrival(pid)
+            t = probe(pid)
+            if not arrived.wait(30):
+                raise RuntimeError(f"probe {pid} not delivered by the tail within 30 s")
+            tail_lat.append((tail.seen[pid] - t) * 1000)
+        for k in range(args.probes):
+            pid = f"s{k}"
+            t = probe(pid)
             deadline = t + 30
             while True:
                 if search(listen, f"probe_id:{pid}", since="10m", limit=1)["rows"]:
@@ -272,10 +297,6 @@ def main():
                 if time.perf_counter() > deadline:
                     raise RuntimeError(f"probe {pid} not searchable within 30 s")
                 time.sleep(0.002)
-            while pid not in tail.seen and time.perf_counter() < deadline:
-                time.sleep(0.001)
-            if pid in tail.seen:
-                tail_lat.append((tail.seen[pid] - t) * 1000)
         store_rss = peak_rss_mb(store.pid)
         m = machine()
         print(f"\n## Query ({args.events:,} events from {SOURCES} supervisors; {m}; {time.strftime('%Y-%m-%d')})\n")

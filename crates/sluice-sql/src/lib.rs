@@ -299,6 +299,18 @@ impl Engine {
         filter: Option<SegmentFilter>,
         counters: Arc<ScanCounters>,
     ) -> Result<SessionContext, QueryError> {
+        let schema = view.schema.clone();
+        self.context_over(Arc::new(EventsTable::new(view, filter, counters)), schema, access)
+    }
+
+    /// A session whose `events` table is `table` (of `schema`), masked unless `access.pii`. The
+    /// live tail plans once over a table of its own rows with this.
+    pub(crate) fn context_over(
+        &self,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+        schema: SchemaRef,
+        access: Access,
+    ) -> Result<SessionContext, QueryError> {
         let cfg = &self.inner.cfg;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_max_bytes, 1.0)
@@ -313,8 +325,6 @@ impl Engine {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
-        let schema = view.schema.clone();
-        let table = Arc::new(EventsTable::new(view, filter, counters));
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
             table
         } else {

@@ -347,6 +347,42 @@ async fn tail_delivers_new_matching_events_in_order_masked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_new_columns_across_many_steps_in_commit_order() {
+    let mut f = Fixture::new();
+    f.commit(&[event(1, T0)]).await;
+    // `zone` does not exist yet: the tail must match it (and mask the new `pii_ip`) once it does.
+    let mut tail = f.engine.tail("quokka OR zone:eu", VIEWER).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // One commit read per step, so that the tail runs its plan many times and replans once.
+    for step in 0..12u64 {
+        let mut lines =
+            vec![event(100 + step, T0 + step), format!(r#"{{"time_ns":{},"msg":"quokka {step}"}}"#, T0 + step)];
+        let mut expected = vec![format!("quokka {step}")];
+        if step >= 6 {
+            lines.push(format!(
+                r#"{{"time_ns":{},"msg":"zoned {step}","zone":"eu","pii_ip":"10.0.0.{step}"}}"#,
+                T0 + step
+            ));
+            expected.push(format!("zoned {step}"));
+        }
+        f.commit(&lines).await;
+        let mut seen = Vec::new();
+        while seen.len() < expected.len() {
+            let got = tokio::time::timeout_at(deadline.into(), tail.next()).await.expect("tail answers").unwrap();
+            assert_eq!(got.dropped, 0);
+            for b in &got.batches {
+                if let Some(ips) = b.column_by_name("pii_ip") {
+                    let ips = ips.as_string::<i32>();
+                    assert!(ips.iter().flatten().all(|ip| ip.starts_with("pii:")), "a new pii column is masked");
+                }
+            }
+            seen.extend(strings(&got.batches, "msg").into_iter().flatten());
+        }
+        assert_eq!(seen, expected, "step {step}: every match, once, in commit order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_p99_by_group_and_minute() {
     let mut f = Fixture::new();
     // duration_ms = i % 100 for rpc_method by i % 3, all in one minute, split over a segment and
