@@ -32,6 +32,9 @@
 //! unsigned integer column (`quantile_nearest(duration_ms, 0.99)` is the p99 as an observed
 //! value).
 //!
+//! Integer literals next to an unsigned column take its type (`time_ns / 60000000000` is integer
+//! division, not a decimal with a fraction); see literals.rs.
+//!
 //! # Limits
 //!
 //! Each query runs under [`EngineConfig::memory_max_bytes`] (DataFusion's memory pool: an
@@ -402,8 +405,7 @@ fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionStat
     let mut analyzer = Analyzer::new();
     let at = analyzer.rules.iter().position(|r| r.name() == "type_coercion").unwrap_or(0);
     analyzer.rules.insert(at, Arc::new(literals::UnsignedLiterals));
-    let mut builder =
-        SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
+    let mut builder = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
     *builder.analyzer() = Some(analyzer);
     builder.build()
 }

@@ -472,7 +472,11 @@ async fn integer_literals_take_the_unsigned_type_of_the_column() {
         .await
         .unwrap();
     assert_eq!(u64s(&out.batches, "all_rows"), vec![300]);
-    let lowest = out.batches[0].column_by_name("lowest").unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+    let lowest = out.batches[0]
+        .column_by_name("lowest")
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0);
     assert_eq!(lowest, -50);
     assert_ne!(strings(&out.batches, "t"), vec![Some("UInt64".to_owned())]);
 
