@@ -10,19 +10,21 @@
 //! DataFusion's `approx_percentile_cont` is approximate and `percentile_cont` interpolates
 //! between values; neither answers "which observed latency is the p99". This one keeps the
 //! group's values (8 bytes each, counted against the query's memory limit through `size`) and
-//! selects the rank in linear time.
+//! selects the rank in linear time. Grouped queries use its `GroupsAccumulator`, which keeps
+//! every group's values side by side and takes each batch in one pass, rather than DataFusion's
+//! fallback of one accumulator per group fed with per-group slices of every batch.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::StringBuilder;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, UInt64Array};
-use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray, UInt64Array};
+use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, UInt64Type};
 use datafusion::common::{exec_err, plan_err, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, TypeSignature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 use datafusion::physical_expr::expressions::Literal;
 
@@ -67,18 +69,72 @@ impl AggregateUDFImpl for QuantileNearest {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
-        let q = args.exprs.get(1).and_then(|e| e.downcast_ref::<Literal>()).and_then(|l| {
-            if let ScalarValue::Float64(q) = l.value() {
-                *q
-            } else {
-                None
-            }
-        });
-        match q {
-            Some(q) if q > 0.0 && q <= 1.0 => Ok(Box::new(NearestAcc { q, values: Vec::new() })),
-            _ => plan_err!("quantile_nearest(x, q) needs a constant q with 0 < q <= 1, e.g. 0.99"),
-        }
+        Ok(Box::new(NearestAcc { q: quantile_arg(&args)?, values: Vec::new() }))
     }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(NearestGroupsAcc::new(quantile_arg(&args)?)))
+    }
+}
+
+/// The constant `q` of `quantile_nearest(x, q)`, checked.
+fn quantile_arg(args: &AccumulatorArgs) -> DfResult<f64> {
+    let q = args.exprs.get(1).and_then(|e| e.downcast_ref::<Literal>()).and_then(|l| {
+        if let ScalarValue::Float64(q) = l.value() {
+            *q
+        } else {
+            None
+        }
+    });
+    match q {
+        Some(q) if q > 0.0 && q <= 1.0 => Ok(q),
+        _ => plan_err!("quantile_nearest(x, q) needs a constant q with 0 < q <= 1, e.g. 0.99"),
+    }
+}
+
+/// The unsigned integer argument of `quantile_nearest`.
+fn u64_arg(array: &ArrayRef) -> DfResult<&UInt64Array> {
+    match array.as_primitive_opt::<UInt64Type>() {
+        Some(a) => Ok(a),
+        None => exec_err!("quantile_nearest takes an unsigned integer column, got {}", array.data_type()),
+    }
+}
+
+/// The list-of-values state of `quantile_nearest` (one list per group).
+fn state_lists(array: &ArrayRef) -> DfResult<&ListArray> {
+    match array.as_list_opt::<i32>() {
+        Some(l) => Ok(l),
+        None => exec_err!("quantile_nearest: unexpected state {}", array.data_type()),
+    }
+}
+
+/// The nearest-rank `q` quantile of `values` (reordered), `None` when empty.
+fn select_nearest(q: f64, values: &mut [u64]) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = nearest_rank(q, values.len());
+    let (_, v, _) = values.select_nth_unstable(rank - 1);
+    Some(*v)
+}
+
+/// Lists of `groups`' values as one state column (never null: an empty group is an empty list).
+fn to_list_array(groups: &[Vec<u64>]) -> ListArray {
+    let total: usize = groups.iter().map(Vec::len).sum();
+    let mut values = Vec::with_capacity(total);
+    for g in groups {
+        values.extend_from_slice(g);
+    }
+    ListArray::new(
+        Arc::new(Field::new_list_field(DataType::UInt64, true)),
+        OffsetBuffer::from_lengths(groups.iter().map(Vec::len)),
+        Arc::new(UInt64Array::from(values)),
+        None,
+    )
 }
 
 #[derive(Debug)]
@@ -89,9 +145,7 @@ struct NearestAcc {
 
 impl NearestAcc {
     fn extend(&mut self, array: &ArrayRef) -> DfResult<()> {
-        let Some(a) = array.as_primitive_opt::<UInt64Type>() else {
-            return exec_err!("quantile_nearest takes an unsigned integer column, got {}", array.data_type());
-        };
+        let a = u64_arg(array)?;
         if a.null_count() == 0 {
             self.values.extend_from_slice(a.values());
         } else {
@@ -110,10 +164,10 @@ impl Accumulator for NearestAcc {
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
-        let Some(lists) = states.first().and_then(|s| s.as_list_opt::<i32>()) else {
-            return exec_err!("quantile_nearest: unexpected state");
+        let Some(lists) = states.first() else {
+            return exec_err!("quantile_nearest: missing state");
         };
-        for list in lists.iter().flatten() {
+        for list in state_lists(lists)?.iter().flatten() {
             self.extend(&list)?;
         }
         Ok(())
@@ -121,27 +175,147 @@ impl Accumulator for NearestAcc {
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         let values = std::mem::take(&mut self.values);
-        let n = values.len() as i32;
-        let list = ListArray::new(
-            Arc::new(Field::new_list_field(DataType::UInt64, true)),
-            OffsetBuffer::new(ScalarBuffer::from(vec![0, n])),
-            Arc::new(UInt64Array::from(values)),
-            None,
-        );
-        Ok(vec![ScalarValue::List(Arc::new(list))])
+        Ok(vec![ScalarValue::List(Arc::new(to_list_array(&[values])))])
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        if self.values.is_empty() {
-            return Ok(ScalarValue::UInt64(None));
-        }
-        let rank = nearest_rank(self.q, self.values.len());
-        let (_, v, _) = self.values.select_nth_unstable(rank - 1);
-        Ok(ScalarValue::UInt64(Some(*v)))
+        Ok(ScalarValue::UInt64(select_nearest(self.q, &mut self.values)))
     }
 
     fn size(&self) -> usize {
         std::mem::size_of_val(self) + self.values.capacity() * std::mem::size_of::<u64>()
+    }
+}
+
+/// `quantile_nearest` for all groups of a grouped aggregation at once: the values of group `g`
+/// are `groups[g]`. DataFusion hands over whole batches with a group index per row, so a row
+/// costs one push, where the one-accumulator-per-group fallback slices every batch per group.
+#[derive(Debug)]
+struct NearestGroupsAcc {
+    q: f64,
+    groups: Vec<Vec<u64>>,
+    /// Sum of the capacities of `groups`' vectors, kept as they grow so that `size` is O(1).
+    values_capacity: usize,
+}
+
+impl NearestGroupsAcc {
+    fn new(q: f64) -> NearestGroupsAcc {
+        NearestGroupsAcc { q, groups: Vec::new(), values_capacity: 0 }
+    }
+
+    fn push(&mut self, group: usize, value: u64) {
+        let g = &mut self.groups[group];
+        let before = g.capacity();
+        g.push(value);
+        self.values_capacity += g.capacity() - before;
+    }
+
+    fn extend(&mut self, group: usize, values: &[u64]) {
+        let g = &mut self.groups[group];
+        let before = g.capacity();
+        g.extend_from_slice(values);
+        self.values_capacity += g.capacity() - before;
+    }
+
+    /// The first groups as `emit_to` says, shifting the rest down.
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<u64>> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        self.values_capacity -= taken.iter().map(Vec::capacity).sum::<usize>();
+        taken
+    }
+}
+
+impl GroupsAccumulator for NearestGroupsAcc {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> DfResult<()> {
+        let Some(array) = values.first() else {
+            return exec_err!("quantile_nearest takes two arguments");
+        };
+        let a = u64_arg(array)?;
+        self.groups.resize_with(total_num_groups, Vec::new);
+        let data = a.values();
+        match (a.nulls().filter(|n| n.null_count() > 0), opt_filter) {
+            (None, None) => {
+                for (&g, &v) in group_indices.iter().zip(data.iter()) {
+                    self.push(g, v);
+                }
+            }
+            (nulls, filter) => {
+                for (i, (&g, &v)) in group_indices.iter().zip(data.iter()).enumerate() {
+                    let valid = nulls.is_none_or(|n| n.is_valid(i));
+                    let kept = filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+                    if valid && kept {
+                        self.push(g, v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
+        let q = self.q;
+        let out: UInt64Array = self.take(emit_to).iter_mut().map(|g| select_nearest(q, g)).collect();
+        Ok(Arc::new(out))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {
+        Ok(vec![Arc::new(to_list_array(&self.take(emit_to)))])
+    }
+
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> DfResult<()> {
+        let Some(states) = values.first() else {
+            return exec_err!("quantile_nearest: missing state");
+        };
+        let lists = state_lists(states)?;
+        let items = u64_arg(lists.values())?;
+        let items_have_nulls = items.null_count() > 0;
+        self.groups.resize_with(total_num_groups, Vec::new);
+        let offsets = lists.value_offsets();
+        for (row, &g) in group_indices.iter().enumerate() {
+            if lists.is_null(row) {
+                continue;
+            }
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            if items_have_nulls {
+                for i in start..end {
+                    if items.is_valid(i) {
+                        self.push(g, items.value(i));
+                    }
+                }
+            } else {
+                self.extend(g, &items.values()[start..end]);
+            }
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> DfResult<Vec<ArrayRef>> {
+        let Some(array) = values.first() else {
+            return exec_err!("quantile_nearest takes two arguments");
+        };
+        // Each row its own group: a one-value list, or an empty one for a NULL or filtered row.
+        let a = u64_arg(array)?;
+        let kept = |i: usize| a.is_valid(i) && opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+        let items: UInt64Array = (0..a.len()).filter(|&i| kept(i)).map(|i| a.value(i)).collect();
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::UInt64, true)),
+            OffsetBuffer::from_lengths((0..a.len()).map(|i| usize::from(kept(i)))),
+            Arc::new(items),
+            None,
+        );
+        Ok(vec![Arc::new(list)])
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+            + self.groups.capacity() * std::mem::size_of::<Vec<u64>>()
+            + self.values_capacity * std::mem::size_of::<u64>()
     }
 }
 
@@ -243,6 +417,148 @@ mod tests {
         let state = other.state().unwrap()[0].to_array().unwrap();
         acc.merge_batch(&[state]).unwrap();
         assert_eq!(acc.evaluate().unwrap(), ScalarValue::UInt64(Some(991)));
+    }
+
+    fn u64s(values: &[Option<u64>]) -> ArrayRef {
+        Arc::new(UInt64Array::from(values.to_vec()))
+    }
+
+    fn answers(a: &ArrayRef) -> Vec<Option<u64>> {
+        a.as_primitive::<UInt64Type>().iter().collect()
+    }
+
+    #[test]
+    fn groups_ignore_nulls_and_filtered_rows_and_emit_in_order() {
+        let mut acc = NearestGroupsAcc::new(0.5);
+        let values = u64s(&[Some(7), None, Some(3), Some(9), Some(1), Some(4)]);
+        let filter = BooleanArray::from(vec![Some(true), Some(true), Some(true), Some(true), Some(false), None]);
+        acc.update_batch(&[values], &[0, 1, 0, 2, 1, 2], Some(&filter), 3).unwrap();
+        // Group 1 saw only a NULL and a filtered row; group 3 appears later with no values yet.
+        acc.update_batch(&[u64s(&[Some(5)])], &[0], None, 4).unwrap();
+        assert_eq!(answers(&acc.evaluate(EmitTo::First(2)).unwrap()), vec![Some(5), None]);
+        // The remaining groups shifted down: old 2 is now 0.
+        acc.update_batch(&[u64s(&[Some(2)])], &[0], None, 2).unwrap();
+        assert_eq!(answers(&acc.evaluate(EmitTo::All).unwrap()), vec![Some(2), None]);
+        assert_eq!(acc.values_capacity, 0, "everything emitted");
+    }
+
+    #[test]
+    fn group_size_counts_every_kept_value() {
+        let mut acc = NearestGroupsAcc::new(0.99);
+        let empty = acc.size();
+        let values: Vec<Option<u64>> = (0..10_000u64).map(Some).collect();
+        let groups: Vec<usize> = (0..10_000).map(|i| i % 10).collect();
+        acc.update_batch(&[u64s(&values)], &groups, None, 10).unwrap();
+        let grown = acc.size() - empty;
+        assert!(grown >= 10_000 * 8, "{grown} bytes for 10,000 values");
+        assert!(grown <= 3 * 10_000 * 8, "{grown} bytes for 10,000 values");
+        acc.evaluate(EmitTo::All).unwrap();
+        assert!(acc.size() <= empty + 10 * std::mem::size_of::<Vec<u64>>(), "released");
+    }
+
+    /// How a batch reaches the accumulator under test.
+    #[derive(Debug, Clone, Copy)]
+    enum Route {
+        /// `update_batch` on the partial accumulator.
+        Update,
+        /// Skipped partial aggregation: `convert_to_state`, then `merge_batch` on the partial.
+        Converted,
+    }
+
+    fn reference(q: f64, groups_n: usize, rows: &[(usize, Option<u64>, Option<bool>)]) -> Vec<Option<u64>> {
+        (0..groups_n)
+            .map(|g| {
+                let mut v: Vec<u64> = rows
+                    .iter()
+                    .filter(|(rg, _, keep)| *rg == g && keep.unwrap_or(false))
+                    .filter_map(|(_, v, _)| *v)
+                    .collect();
+                v.sort_unstable();
+                (!v.is_empty()).then(|| v[nearest_rank(q, v.len()) - 1])
+            })
+            .collect()
+    }
+
+    /// Take all `groups` groups in chunks of `first` (then the rest with `EmitTo::All`), as
+    /// DataFusion does under memory pressure or with a sorted input; `first == 0` is `All` only.
+    fn emit_all<T>(groups: usize, first: usize, mut emit: impl FnMut(EmitTo) -> T) -> Vec<T> {
+        let mut out = Vec::new();
+        let mut left = groups;
+        while first > 0 && left > first {
+            out.push(emit(EmitTo::First(first)));
+            left -= first;
+        }
+        out.push(emit(EmitTo::All));
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn groups_match_a_sort_based_reference(
+            q in proptest::sample::select(vec![0.01, 0.25, 0.5, 0.9, 0.99, 1.0]),
+            groups_n in 1usize..12,
+            rows in proptest::collection::vec(
+                (0usize..12, proptest::option::weighted(0.85, 0u64..500), proptest::option::weighted(0.9, proptest::bool::weighted(0.9))),
+                0..400,
+            ),
+            batch_rows in 1usize..64,
+            routes in proptest::collection::vec(proptest::bool::ANY, 1..16),
+            use_filter in proptest::bool::ANY,
+            state_first in 0usize..5,
+            evaluate_first in 0usize..5,
+        ) {
+            let rows: Vec<_> = rows
+                .into_iter()
+                .map(|(g, v, f)| (g % groups_n, v, if use_filter { f } else { Some(true) }))
+                .collect();
+            // Two partial accumulators, as with two partitions; groups numbered in order of
+            // first appearance per accumulator, as DataFusion's group tables do.
+            let mut partials = [NearestGroupsAcc::new(q), NearestGroupsAcc::new(q)];
+            let mut numbering: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+            for (b, chunk) in rows.chunks(batch_rows).enumerate() {
+                let p = b % 2;
+                let route = if routes[b % routes.len()] { Route::Update } else { Route::Converted };
+                let local: Vec<usize> = chunk
+                    .iter()
+                    .map(|(g, _, _)| match numbering[p].iter().position(|x| x == g) {
+                        Some(i) => i,
+                        None => {
+                            numbering[p].push(*g);
+                            numbering[p].len() - 1
+                        }
+                    })
+                    .collect();
+                let values = u64s(&chunk.iter().map(|(_, v, _)| *v).collect::<Vec<_>>());
+                let filter = use_filter.then(|| BooleanArray::from(chunk.iter().map(|(_, _, f)| *f).collect::<Vec<_>>()));
+                let total = numbering[p].len();
+                match route {
+                    Route::Update => partials[p].update_batch(&[values], &local, filter.as_ref(), total).unwrap(),
+                    Route::Converted => {
+                        let state = partials[p].convert_to_state(&[values], filter.as_ref()).unwrap();
+                        partials[p].merge_batch(&state, &local, total).unwrap();
+                    }
+                }
+            }
+            // The final accumulator numbers groups by their real index.
+            let mut last = NearestGroupsAcc::new(q);
+            for (p, acc) in partials.iter_mut().enumerate() {
+                let states = emit_all(acc.groups.len(), state_first, |e| acc.state(e).unwrap());
+                let mut at = 0;
+                for s in states {
+                    let groups: Vec<usize> = (at..at + s[0].len()).map(|i| numbering[p][i]).collect();
+                    at += s[0].len();
+                    last.merge_batch(&s, &groups, groups_n).unwrap();
+                }
+                proptest::prop_assert_eq!(at, numbering[p].len());
+            }
+            last.groups.resize_with(groups_n, Vec::new);
+            let got: Vec<Option<u64>> = emit_all(groups_n, evaluate_first, |e| last.evaluate(e).unwrap())
+                .iter()
+                .flat_map(answers)
+                .collect();
+            proptest::prop_assert_eq!(got, reference(q, groups_n, &rows));
+            proptest::prop_assert_eq!(last.values_capacity, 0);
+        }
     }
 }
 

@@ -32,6 +32,9 @@
 //! unsigned integer column (`quantile_nearest(duration_ms, 0.99)` is the p99 as an observed
 //! value).
 //!
+//! Integer literals next to an unsigned column take its type (`time_ns / 60000000000` is integer
+//! division, not a decimal with a fraction); see literals.rs.
+//!
 //! # Limits
 //!
 //! Each query runs under [`EngineConfig::memory_max_bytes`] (DataFusion's memory pool: an
@@ -44,6 +47,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod functions;
+mod literals;
 mod mask;
 mod search;
 mod table;
@@ -58,8 +62,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::view::ViewTable;
 use datafusion::common::DataFusionError;
 use datafusion::datasource::provider_as_source;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
+use datafusion::optimizer::analyzer::Analyzer;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{ident, SQLOptions, SessionConfig, SessionContext};
 use futures_util::StreamExt;
@@ -322,7 +328,7 @@ impl Engine {
         // which is what makes needle queries cheap.
         config.options_mut().execution.parquet.pushdown_filters = true;
         config.options_mut().execution.parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let ctx = SessionContext::new_with_state(session_state(config, runtime));
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
@@ -401,6 +407,17 @@ impl Engine {
         add_scan_metrics(&plan, &mut stats);
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
+}
+
+/// DataFusion's default session with [`literals::UnsignedLiterals`] placed before its type
+/// coercion (afterwards the `Int64` literals would already have turned the column to a decimal).
+fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionState {
+    let mut analyzer = Analyzer::new();
+    let at = analyzer.rules.iter().position(|r| r.name() == "type_coercion").unwrap_or(0);
+    analyzer.rules.insert(at, Arc::new(literals::UnsignedLiterals));
+    let mut builder = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
+    *builder.analyzer() = Some(analyzer);
+    builder.build()
 }
 
 /// Rows and bytes read by the plan's segment scans (the leaves that count bytes; the buffer's

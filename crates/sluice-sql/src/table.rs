@@ -14,7 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::DFSchema;
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -22,7 +21,6 @@ use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
 use datafusion::parquet::arrow::arrow_reader::RowSelection;
 use datafusion::physical_plan::empty::EmptyExec;
@@ -191,12 +189,12 @@ impl TableProvider for EventsTable {
             for (i, f) in files.into_iter().enumerate() {
                 groups[i % n].push(f);
             }
-            let mut source =
+            // No predicate here: the filters are Inexact, so DataFusion keeps them in a filter
+            // above this scan and its physical filter pushdown hands them to the Parquet source
+            // (for row-group and page pruning, and row filtering). Setting them here as well
+            // made every pushed row filter run twice.
+            let source =
                 ParquetSource::new(schema.clone()).with_table_parquet_options(state.table_options().parquet.clone());
-            if let Some(predicate) = conjunction(filters.iter().cloned()) {
-                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
-            }
             let config = FileScanConfigBuilder::new(segments_url(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
                 .with_projection_indices(projection.cloned())?

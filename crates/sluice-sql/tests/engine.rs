@@ -491,3 +491,78 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
     assert_eq!(out.rows(), 0);
     assert!(out.stats.rows_scanned <= block, "{:?}", out.stats);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_literals_take_the_unsigned_type_of_the_column() {
+    let mut f = Fixture::new();
+    // Five minutes of one event a second: duration_ms = i % 100.
+    let lines: Vec<String> = (0..300).map(|i| event(i, T0 + i * 1_000_000_000)).collect();
+    f.commit(&lines[..150]).await;
+    f.flush();
+    f.commit(&lines[150..]).await;
+
+    // Integer division, not a decimal with a fraction per row.
+    let sql = "SELECT arrow_typeof(time_ns / 60000000000) AS t, time_ns / 60000000000 AS minute, count(*) AS n, \
+               quantile_nearest(duration_ms, 0.5) AS p50 FROM events GROUP BY 1, 2 ORDER BY 2";
+    for access in [VIEWER, PII] {
+        let out = f.engine.sql(sql, access).await.unwrap();
+        assert_eq!(strings(&out.batches, "t"), vec![Some("UInt64".to_owned()); 5]);
+        let first = T0 / 60_000_000_000;
+        assert_eq!(u64s(&out.batches, "minute"), (first..first + 5).collect::<Vec<_>>());
+        assert_eq!(u64s(&out.batches, "n"), vec![60; 5]);
+        let want: Vec<u64> = (0..5u64)
+            .map(|m| {
+                let mut d: Vec<u64> = (m * 60..(m + 1) * 60).map(|i| i % 100).collect();
+                d.sort_unstable();
+                d[sluice_sql::nearest_rank(0.5, d.len()) - 1]
+            })
+            .collect();
+        assert_eq!(u64s(&out.batches, "p50"), want);
+    }
+
+    // Comparisons, BETWEEN, IN and the other arithmetic operators with the natural spelling.
+    let out = f
+        .engine
+        .sql(
+            "SELECT count(*) FILTER (WHERE duration_ms >= 90) AS ge, count(*) FILTER (WHERE 10 > duration_ms) AS lt, \
+             count(*) FILTER (WHERE duration_ms BETWEEN 5 AND 9) AS btw, \
+             count(*) FILTER (WHERE duration_ms IN (1, 2, 3)) AS inl, sum(duration_ms % 7 * 2 + 1) AS arith, \
+             arrow_typeof(sum(duration_ms * 2)) AS st FROM events",
+            VIEWER,
+        )
+        .await
+        .unwrap();
+    let d: Vec<u64> = (0..300u64).map(|i| i % 100).collect();
+    let count = |p: &dyn Fn(u64) -> bool| d.iter().filter(|&&x| p(x)).count() as u64;
+    assert_eq!(u64s(&out.batches, "ge"), vec![count(&|x| x >= 90)]);
+    assert_eq!(u64s(&out.batches, "lt"), vec![count(&|x| x < 10)]);
+    assert_eq!(u64s(&out.batches, "btw"), vec![count(&|x| (5..=9).contains(&x))]);
+    assert_eq!(u64s(&out.batches, "inl"), vec![count(&|x| (1..=3).contains(&x))]);
+    assert_eq!(u64s(&out.batches, "arith"), vec![d.iter().map(|x| x % 7 * 2 + 1).sum::<u64>()]);
+    assert_eq!(strings(&out.batches, "st"), vec![Some("UInt64".to_owned())]);
+
+    // Negative literals and subtraction keep DataFusion's own coercion, which can go below zero.
+    let out = f
+        .engine
+        .sql(
+            "SELECT count(*) FILTER (WHERE duration_ms > -1) AS all_rows, \
+             min(CAST(duration_ms - 50 AS BIGINT)) AS lowest, arrow_typeof(duration_ms - 50) AS t \
+             FROM events GROUP BY 3",
+            VIEWER,
+        )
+        .await
+        .unwrap();
+    assert_eq!(u64s(&out.batches, "all_rows"), vec![300]);
+    let lowest = out.batches[0]
+        .column_by_name("lowest")
+        .unwrap()
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(lowest, -50);
+    assert_ne!(strings(&out.batches, "t"), vec![Some("UInt64".to_owned())]);
+
+    // The column keeps the name it is written with.
+    let out = f.engine.sql("SELECT time_ns / 60000000000 FROM events LIMIT 1", VIEWER).await.unwrap();
+    let name = out.schema.field(0).name().clone();
+    assert!(name.contains("60000000000"), "{name}");
+}
