@@ -49,6 +49,7 @@ mod search;
 mod table;
 mod tail;
 mod terms;
+mod words;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -313,6 +314,7 @@ impl Engine {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
+        ctx.register_udf(words::WordsMatch::udf());
         let schema = view.schema.clone();
         let table = Arc::new(EventsTable::new(view, filter, counters));
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
