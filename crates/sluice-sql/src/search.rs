@@ -5,9 +5,7 @@
 //! Not here: the parser (sluice-query) or the term index files (sluice-store).
 
 use datafusion::arrow::datatypes::{DataType, Schema};
-use sluice_query::{
-    normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, Query, SqlDialect,
-};
+use sluice_query::{normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, Query, SqlDialect};
 use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
 
 use crate::mask::PII_PREFIX;

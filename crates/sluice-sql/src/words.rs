@@ -288,8 +288,30 @@ mod tests {
     /// Pieces values are made of: words in several cases, letters whose lowercase is not their
     /// ASCII lowercase (Kelvin sign, dotted capital I, final sigma), separators and punctuation.
     const PIECES: [&str; 24] = [
-        "quokka", "Quokka", "QUOKKA", "quo\u{212A}ka", "connection", "Refused", "REFUSED", " ", "  ", "-", "_", ".",
-        "\u{1f}", "42", "user", "ΣΑΣ", "σας", "İstanbul", "istanbul", "café", "CAFÉ", "e\u{301}", "ß", "x",
+        "quokka",
+        "Quokka",
+        "QUOKKA",
+        "quo\u{212A}ka",
+        "connection",
+        "Refused",
+        "REFUSED",
+        " ",
+        "  ",
+        "-",
+        "_",
+        ".",
+        "\u{1f}",
+        "42",
+        "user",
+        "ΣΑΣ",
+        "σας",
+        "İstanbul",
+        "istanbul",
+        "café",
+        "CAFÉ",
+        "e\u{301}",
+        "ß",
+        "x",
     ];
 
     /// What is searched for: words and phrases that the pieces can make.
@@ -317,10 +339,11 @@ mod tests {
     /// Utf8 columns, and over the same values as Utf8View and LargeUtf8, in sliced batches.
     fn both(rows: &[[Option<String>; 3]], term: &str, split: usize) -> (Vec<bool>, Vec<bool>, Vec<bool>) {
         let regex = quote_str(&word_regex(term, SqlDialect::DataFusion).expect("terms have a word"));
-        let schema = Arc::new(Schema::new((0..3).map(|i| Field::new(format!("c{i}"), DataType::Utf8, true)).collect::<Vec<_>>()));
-        let columns: Vec<ArrayRef> = (0..3)
-            .map(|c| Arc::new(rows.iter().map(|r| r[c].clone()).collect::<StringArray>()) as ArrayRef)
-            .collect();
+        let schema = Arc::new(Schema::new(
+            (0..3).map(|i| Field::new(format!("c{i}"), DataType::Utf8, true)).collect::<Vec<_>>(),
+        ));
+        let columns: Vec<ArrayRef> =
+            (0..3).map(|c| Arc::new(rows.iter().map(|r| r[c].clone()).collect::<StringArray>()) as ArrayRef).collect();
         let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
         let split = split.min(rows.len());
         let parts = vec![batch.slice(0, split), batch.slice(split, rows.len() - split)];
@@ -335,7 +358,9 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let out = rt.block_on(async { ctx.sql(&sql).await.unwrap().collect().await.unwrap() });
         let column = |i: usize| -> Vec<bool> {
-            out.iter().flat_map(|b| b.column(i).as_boolean().iter().map(|v| v.expect("never NULL")).collect::<Vec<_>>()).collect()
+            out.iter()
+                .flat_map(|b| b.column(i).as_boolean().iter().map(|v| v.expect("never NULL")).collect::<Vec<_>>())
+                .collect()
         };
         (column(0), column(1), column(2))
     }
@@ -365,7 +390,11 @@ mod tests {
             [Some("xconnection refused".to_owned()), None, Some("connection  -- REFUSED!".to_owned())],
         ];
         assert_eq!(both(&rows, "quokka", 2).1, [true, true, false, false, false]);
-        assert_eq!(both(&rows, "\"connection refused\"", 1).1, [false, false, false, false, true], "phrases stay in one value");
+        assert_eq!(
+            both(&rows, "\"connection refused\"", 1).1,
+            [false, false, false, false, true],
+            "phrases stay in one value"
+        );
     }
 
     #[test]
