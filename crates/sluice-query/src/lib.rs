@@ -86,8 +86,8 @@ mod time;
 pub use ast::{CompareOp, Query};
 pub use parse::{parse, SyntaxError, DEPTH_MAX, INPUT_BYTES_MAX, TERMS_MAX};
 pub use sql::{
-    quote_ident, quote_str, text_column_sql, to_sql, to_sql_for, word_regex, ColumnType, SqlDialect, SqlError,
-    TEXT_COLUMN, TEXT_SEPARATOR,
+    quote_ident, quote_str, text_column_sql, to_sql, to_sql_for, to_sql_with_words, word_regex, ColumnType, SqlDialect,
+    SqlError, TEXT_COLUMN, TEXT_SEPARATOR,
 };
 pub use text::{normalize, text_matches, tokens, trigrams, PII_PREFIX};
 pub use time::{parse_time, TimeError};

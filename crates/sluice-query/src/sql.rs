@@ -165,13 +165,31 @@ pub fn to_sql_for(
     columns: &dyn Fn(&str) -> Option<ColumnType>,
     dialect: SqlDialect,
 ) -> Result<String, SqlError> {
-    Ok(render(q, columns, dialect, 0)?.into_string())
+    Ok(render(q, columns, dialect, None, 0)?.into_string())
 }
+
+/// [`to_sql_for`], with each bare word or phrase tested by `words(regex)` instead of by the
+/// dialect's regexp function over `lower("sluice_text")`: an engine that matches the values one
+/// at a time (the regex never crosses [`TEXT_SEPARATOR`], so that is equivalent) renders the
+/// test itself. `regex` is [`word_regex`] of the term; the result is still wrapped in
+/// `COALESCE(…, FALSE)`.
+pub fn to_sql_with_words(
+    q: &Query,
+    columns: &dyn Fn(&str) -> Option<ColumnType>,
+    dialect: SqlDialect,
+    words: &dyn Fn(&str) -> String,
+) -> Result<String, SqlError> {
+    Ok(render(q, columns, dialect, Some(words), 0)?.into_string())
+}
+
+/// The leaf renderer for bare words, when the caller brings its own.
+type Words<'a> = Option<&'a dyn Fn(&str) -> String>;
 
 fn render(
     q: &Query,
     columns: &dyn Fn(&str) -> Option<ColumnType>,
     dialect: SqlDialect,
+    words: Words<'_>,
     depth: usize,
 ) -> Result<Sql, SqlError> {
     if depth > SQL_DEPTH_MAX {
@@ -190,6 +208,9 @@ fn render(
         },
         Query::Term { field: None, text, .. } => {
             let regex = word_regex(text, dialect).ok_or_else(|| SqlError::NoWord { text: text.clone() })?;
+            if let Some(words) = words {
+                return Ok(not_null(words(&regex)));
+            }
             let function = match dialect {
                 SqlDialect::DuckDb => "regexp_matches",
                 SqlDialect::DataFusion => "regexp_like",
@@ -204,7 +225,7 @@ fn render(
             Some(_) => Sql::Expr(format!("({} IS NOT NULL)", quote_ident(field))),
             None => Sql::False,
         },
-        Query::Not(inner) => match render(inner, columns, dialect, depth + 1)? {
+        Query::Not(inner) => match render(inner, columns, dialect, words, depth + 1)? {
             Sql::True => Sql::False,
             Sql::False => Sql::True,
             Sql::Expr(e) => Sql::Expr(format!("NOT {e}")),
@@ -212,7 +233,7 @@ fn render(
         Query::And(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
-                match render(item, columns, dialect, depth + 1)? {
+                match render(item, columns, dialect, words, depth + 1)? {
                     Sql::False => return Ok(Sql::False),
                     Sql::True => {}
                     Sql::Expr(e) => parts.push(e),
@@ -223,7 +244,7 @@ fn render(
         Query::Or(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
-                match render(item, columns, dialect, depth + 1)? {
+                match render(item, columns, dialect, words, depth + 1)? {
                     Sql::True => return Ok(Sql::True),
                     Sql::False => {}
                     Sql::Expr(e) => parts.push(e),

@@ -53,6 +53,7 @@ mod search;
 mod table;
 mod tail;
 mod terms;
+mod words;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -331,6 +332,7 @@ impl Engine {
         let ctx = SessionContext::new_with_state(session_state(config, runtime));
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
+        ctx.register_udf(words::WordsMatch::udf());
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
             table
         } else {

@@ -5,7 +5,7 @@
 //! Not here: the parser (sluice-query) or the term index files (sluice-store).
 
 use datafusion::arrow::datatypes::{DataType, Schema};
-use sluice_query::{normalize, quote_ident, text_column_sql, to_sql_for, tokens, ColumnType, Query, SqlDialect};
+use sluice_query::{normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, Query, SqlDialect};
 use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
 
 use crate::mask::PII_PREFIX;
@@ -45,51 +45,49 @@ pub(crate) fn column_type(schema: &Schema, name: &str) -> Option<ColumnType> {
     }
 }
 
-/// The query's condition as a SQL expression over `events` (plus `sluice_text` when it has bare
-/// words), and whether it needs `sluice_text`.
+/// The query's condition as a SQL expression over `events`, and whether it needs a text column
+/// added by [`from_sql`] (never: bare words and phrases test the values themselves with
+/// `sluice_words_match`, see words.rs).
 pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<(String, bool), QueryError> {
-    let pred = to_sql_for(q, &|name| column_type(schema, name), SqlDialect::DataFusion)
+    let searched = searched_sql(schema);
+    let words = |regex: &str| {
+        if searched.is_empty() {
+            // No value to find a word in.
+            return "FALSE".to_owned();
+        }
+        format!("{}({}, {})", crate::words::WORDS_MATCH, quote_str(regex), searched.join(", "))
+    };
+    let pred = to_sql_with_words(q, &|name| column_type(schema, name), SqlDialect::DataFusion, &words)
         .map_err(|e| QueryError::invalid(e.to_string()))?;
-    let needs_text = has_bare_word(q);
-    Ok((pred, needs_text))
+    Ok((pred, false))
 }
 
-fn has_bare_word(q: &Query) -> bool {
-    match q {
-        Query::Term { field: None, .. } => true,
-        Query::Not(inner) => has_bare_word(inner),
-        Query::And(v) | Query::Or(v) => v.iter().any(has_bare_word),
-        _ => false,
-    }
-}
-
-/// `FROM …` for a search: `events`, with `sluice_text` (the non-`pii_*` string values and the
-/// overflow JSON) when the condition needs it.
-pub(crate) fn from_sql(schema: &Schema, needs_text: bool) -> String {
-    if !needs_text {
-        return TABLE.to_owned();
-    }
-    let strings: Vec<&str> = schema
+/// The values bare words search, as SQL expressions over `events`: the string columns whose
+/// names do not start with `pii_` (as the masking view shows them, so that hidden bad-line text
+/// is searched only as masked), except `sluice_stream`, and the overflow's string values.
+fn searched_sql(schema: &Schema) -> Vec<String> {
+    let mut out: Vec<String> = schema
         .fields()
         .iter()
         .filter(|f| matches!(f.data_type(), DataType::Utf8))
         .map(|f| f.name().as_str())
-        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW)
+        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW && !n.starts_with(PII_PREFIX))
+        .map(quote_ident)
         .collect();
-    let mut text = text_column_sql(&strings);
     if schema.field_with_name(COL_OVERFLOW).is_ok() {
         // The overflow's string values, not its JSON text (see functions.rs).
-        let sep = u32::from(sluice_query::TEXT_SEPARATOR);
-        text = format!(
-            "concat_ws(chr({sep}), {text}, {}({}))",
-            crate::functions::OVERFLOW_TEXT,
-            quote_ident(COL_OVERFLOW)
-        );
+        out.push(format!("{}({})", crate::functions::OVERFLOW_TEXT, quote_ident(COL_OVERFLOW)));
     }
-    format!("(SELECT *, {text} AS {} FROM {TABLE})", quote_ident(sluice_query::TEXT_COLUMN))
+    out
 }
 
-/// The columns of `events`, quoted, for `SELECT` lists that must not include `sluice_text`.
+/// `FROM …` for a search: `events`. The condition reads no column beyond the table's, so the
+/// arguments (the schema, and whether a text column is needed) change nothing.
+pub(crate) fn from_sql(_schema: &Schema, _needs_text: bool) -> String {
+    TABLE.to_owned()
+}
+
+/// The columns of `events`, quoted, for `SELECT` lists.
 pub(crate) fn select_list(schema: &Schema) -> String {
     schema.fields().iter().map(|f| quote_ident(f.name())).collect::<Vec<_>>().join(", ")
 }

@@ -420,6 +420,36 @@ async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_words_see_bad_line_text_as_the_caller_does() {
+    let mut f = Fixture::new();
+    f.commit(&[
+        format!(r#"{{"time_ns":{},"sluice_bad":"not_json","sluice_raw":"Secret Kangaroo text"}}"#, T0),
+        "unparsed wombat line".to_owned(),
+        format!(r#"{{"time_ns":{},"status":200}}"#, T0 + 1),
+        format!(r#"{{"time_ns":{},"msg":"a KANGAROO, café-ready"}}"#, T0 + 2),
+    ])
+    .await;
+    f.flush();
+    let count = |q: &'static str, access: Access| {
+        let engine = f.engine.clone();
+        async move {
+            let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 1000 };
+            engine.search(&req, access).await.unwrap_or_else(|e| panic!("{q}: {e}")).rows()
+        }
+    };
+    assert_eq!(count("kangaroo", PII).await, 2);
+    assert_eq!(count("\"secret kangaroo\"", PII).await, 1);
+    assert_eq!(count("wombat", PII).await, 1);
+    assert_eq!(count("kangaroo", VIEWER).await, 1, "bad-line text is searched only as masked");
+    assert_eq!(count("wombat", VIEWER).await, 0);
+    assert!(count("hidden", VIEWER).await >= 1, "the masked text is what a viewer searches");
+    assert_eq!(count("CAFÉ", VIEWER).await, 1);
+    // A row without any string value is not matched, so its negation is.
+    assert_eq!(count("-kangaroo -hidden -wombat", VIEWER).await, 1);
+    assert_eq!(count("kangaroo OR status:200", VIEWER).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn term_indexes_skip_segments_that_cannot_match() {
     let mut f = Fixture::new();
     for part in 0..4u64 {
