@@ -1020,8 +1020,9 @@ mod tests {
         let rows = (2 * BLOCK_ROWS + 10) as usize;
         // msg: "row N" everywhere, "needle" at one row of block 1; raw text at one row of block 2;
         // a pii value at one row of block 0.
-        let msg: Vec<String> =
-            (0..rows).map(|i| if i == BLOCK_ROWS as usize + 3 { "the needle".into() } else { format!("row {i}") }).collect();
+        let msg: Vec<String> = (0..rows)
+            .map(|i| if i == BLOCK_ROWS as usize + 3 { "the needle".into() } else { format!("row {i}") })
+            .collect();
         let raw: Vec<Option<&str>> = (0..rows).map(|i| (i == rows - 1).then_some("secret bad text")).collect();
         let uid: Vec<Option<&str>> = (0..rows).map(|i| (i == 7).then_some("U577019")).collect();
         let batch = |from: usize, to: usize| {
