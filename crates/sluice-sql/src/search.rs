@@ -45,10 +45,9 @@ pub(crate) fn column_type(schema: &Schema, name: &str) -> Option<ColumnType> {
     }
 }
 
-/// The query's condition as a SQL expression over `events`, and whether it needs a text column
-/// added by [`from_sql`] (never: bare words and phrases test the values themselves with
-/// `sluice_words_match`, see words.rs).
-pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<(String, bool), QueryError> {
+/// The query's condition as a SQL expression over `events` (bare words and phrases test the
+/// values themselves with `sluice_words_match`, see words.rs).
+pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<String, QueryError> {
     let searched = searched_sql(schema);
     let words = |regex: &str| {
         if searched.is_empty() {
@@ -59,7 +58,7 @@ pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<(String, bool)
     };
     let pred = to_sql_with_words(q, &|name| column_type(schema, name), SqlDialect::DataFusion, &words)
         .map_err(|e| QueryError::invalid(e.to_string()))?;
-    Ok((pred, false))
+    Ok(pred)
 }
 
 /// The values bare words search, as SQL expressions over `events`: the string columns whose
@@ -79,12 +78,6 @@ fn searched_sql(schema: &Schema) -> Vec<String> {
         out.push(format!("{}({})", crate::functions::OVERFLOW_TEXT, quote_ident(COL_OVERFLOW)));
     }
     out
-}
-
-/// `FROM …` for a search: `events`. The condition reads no column beyond the table's, so the
-/// arguments (the schema, and whether a text column is needed) change nothing.
-pub(crate) fn from_sql(_schema: &Schema, _needs_text: bool) -> String {
-    TABLE.to_owned()
 }
 
 /// The columns of `events`, quoted, for `SELECT` lists.
@@ -140,7 +133,7 @@ impl Engine {
             return Err(QueryError::invalid(format!("limit {} must be between 1 and {LIMIT_MAX}", req.limit)));
         }
         let schema = self.store().schema();
-        let (pred, needs_text) = predicate_sql(&q, &schema)?;
+        let pred = predicate_sql(&q, &schema)?;
         let mut conditions = vec![pred];
         let time = quote_ident(COL_TIME_NS);
         if let Some(since) = req.since_ns {
@@ -152,7 +145,7 @@ impl Engine {
         let sql = format!(
             "SELECT {} FROM {} WHERE {} ORDER BY {time} DESC, {} DESC LIMIT {}",
             select_list(&schema),
-            from_sql(&schema, needs_text),
+            TABLE,
             conditions.join(" AND "),
             quote_ident(sluice_store::COL_SEQ),
             req.limit + 1

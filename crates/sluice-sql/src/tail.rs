@@ -28,7 +28,7 @@ use sluice_query::{quote_ident, Query};
 use sluice_store::COL_SEQ;
 use tokio::sync::watch;
 
-use crate::search::{from_sql, predicate_sql, select_list};
+use crate::search::{predicate_sql, select_list};
 use crate::{Access, Engine, QueryError};
 
 /// Most rows a tail examines per step; when more are waiting, the oldest are skipped and counted
@@ -168,11 +168,11 @@ impl Tail {
 
     /// The search's query over a table of one step's rows of `schema`, in a session of its own.
     async fn plan(&self, schema: SchemaRef) -> Result<Planned, QueryError> {
-        let (pred, needs_text) = predicate_sql(&self.query, &schema)?;
+        let pred = predicate_sql(&self.query, &schema)?;
         let sql = format!(
             "SELECT {} FROM {} WHERE {pred} ORDER BY {}",
             select_list(&schema),
-            from_sql(&schema, needs_text),
+            crate::TABLE,
             quote_ident(COL_SEQ)
         );
         let rows = Arc::new(StepRows { schema: schema.clone(), batches: Mutex::new(Vec::new()) });
