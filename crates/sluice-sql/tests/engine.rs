@@ -232,6 +232,13 @@ async fn search(f: &Fixture, q: &str) -> Vec<String> {
     strings(&out.batches, "msg").into_iter().map(|m| m.unwrap_or_default()).collect()
 }
 
+/// A search for `access`, at most 10 rows, with its stats.
+fn search_as(f: &Fixture, q: &str, access: Access) -> impl std::future::Future<Output = sluice_sql::QueryOutput> {
+    let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 10 };
+    let engine = f.engine.clone();
+    async move { engine.search(&req, access).await.unwrap() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_operators_match_as_documented() {
     let mut f = Fixture::new();
@@ -460,11 +467,7 @@ async fn term_indexes_skip_segments_that_cannot_match() {
         f.commit(&lines).await;
         f.flush();
     }
-    let run = |q: &str, access| {
-        let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 10 };
-        let engine = f.engine.clone();
-        async move { engine.search(&req, access).await.unwrap() }
-    };
+    let run = |q: &str, access| search_as(&f, q, access);
     let out = run("okapi", VIEWER).await;
     assert_eq!((out.rows(), out.stats.segments_read, out.stats.segments_skipped), (1, 1, 3), "{:?}", out.stats);
     let out = run("pii_uid:U424242", PII).await;
@@ -493,11 +496,7 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
         .collect();
     f.commit(&lines).await;
     f.flush();
-    let run = |q: &str, access| {
-        let req = SearchRequest { query: q.into(), since_ns: None, until_ns: None, limit: 10 };
-        let engine = f.engine.clone();
-        async move { engine.search(&req, access).await.unwrap() }
-    };
+    let run = |q: &str, access| search_as(&f, q, access);
     // The needle's block of the five is read, and another only on a false positive of the
     // filter (1% per block).
     let out = run("okapi", VIEWER).await;
