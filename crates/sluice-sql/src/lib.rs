@@ -63,6 +63,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::view::ViewTable;
 use datafusion::common::DataFusionError;
 use datafusion::datasource::provider_as_source;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
@@ -86,6 +88,10 @@ use mask::{MaskKind, MaskUdf, PII_PREFIX};
 
 /// Default memory limit of one query.
 pub const MEMORY_MAX_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
+/// Bytes of Parquet footers and page indexes kept between queries (least recently used first
+/// out). Segments never change once written, so a cached footer stays right; without it every
+/// query re-read and re-parsed the footer and page index of every segment it touched.
+pub const SEGMENT_METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Default time limit of one query.
 pub const TIME_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// Default cap of result rows.
@@ -116,6 +122,14 @@ impl Default for EngineConfig {
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
+}
+
+/// The segment metadata cache: segments held, their bytes, and how often those were reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetadataCacheStats {
+    pub segments: usize,
+    pub bytes: usize,
+    pub hits: usize,
 }
 
 /// What the caller may see.
@@ -235,6 +249,8 @@ struct Inner {
     key: MaskKey,
     cfg: EngineConfig,
     running: Semaphore,
+    /// Segment footers and page indexes, shared by every query of this engine.
+    metadata: Arc<FileMetadataCache>,
 }
 
 /// The query engine of one store. Cheap to clone.
@@ -252,7 +268,9 @@ impl Engine {
 
     pub fn with_key(store: Arc<Store>, cfg: EngineConfig, key: MaskKey) -> Engine {
         let running = Semaphore::new(cfg.concurrent_max.max(1));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running }) }
+        let metadata: Arc<FileMetadataCache> =
+            Arc::new(DefaultCache::new(SEGMENT_METADATA_CACHE_BYTES).with_name("sluice-segment-metadata"));
+        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -261,6 +279,16 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// What the cache of segment footers and page indexes holds.
+    pub fn segment_metadata_cache(&self) -> MetadataCacheStats {
+        let entries = self.inner.metadata.list_entries();
+        MetadataCacheStats {
+            segments: entries.len(),
+            bytes: entries.values().map(|e| e.size_bytes).sum(),
+            hits: entries.values().map(|e| e.hits).sum(),
+        }
     }
 
     /// Run one SQL query over `events`.
@@ -321,6 +349,11 @@ impl Engine {
         let cfg = &self.inner.cfg;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_max_bytes, 1.0)
+            .with_cache_manager(
+                CacheManagerConfig::default()
+                    .with_file_metadata_cache(Some(self.inner.metadata.clone()))
+                    .with_metadata_cache_limit(SEGMENT_METADATA_CACHE_BYTES),
+            )
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
         runtime.register_object_store(table::segments_url().as_ref(), self.inner.store.object_store());

@@ -17,7 +17,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::parquet::{CachedParquetFileReaderFactory, ParquetRowSelection};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -193,8 +193,15 @@ impl TableProvider for EventsTable {
             // above this scan and its physical filter pushdown hands them to the Parquet source
             // (for row-group and page pruning, and row filtering). Setting them here as well
             // made every pushed row filter run twice.
-            let source =
-                ParquetSource::new(schema.clone()).with_table_parquet_options(state.table_options().parquet.clone());
+            // Footers and page indexes come from the engine's cache (segments are immutable).
+            let runtime = state.runtime_env();
+            let readers = CachedParquetFileReaderFactory::new(
+                runtime.object_store(segments_url())?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
+            let source = ParquetSource::new(schema.clone())
+                .with_table_parquet_options(state.table_options().parquet.clone())
+                .with_parquet_file_reader_factory(Arc::new(readers));
             let config = FileScanConfigBuilder::new(segments_url(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
                 .with_projection_indices(projection.cloned())?

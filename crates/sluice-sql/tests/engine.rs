@@ -127,6 +127,36 @@ async fn sql_sees_segments_and_buffer_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_footers_are_read_once_and_a_compacted_segment_afresh() {
+    let mut f = Fixture::new();
+    let lines: Vec<String> = (0..200).map(|i| event(i, T0 + i * 1_000_000_000)).collect();
+    for part in lines.chunks(50) {
+        f.commit(part).await;
+        f.flush();
+    }
+    let sum = "SELECT count(*) AS n, sum(duration_ms) AS s FROM events";
+    let expected: u64 = (0..200).map(|i| i % 100).sum();
+    let first = f.engine.sql(sum, PII).await.unwrap();
+    assert_eq!((u64s(&first.batches, "n"), u64s(&first.batches, "s")), (vec![200], vec![expected]));
+    let cached = f.engine.segment_metadata_cache();
+    assert_eq!((cached.segments, cached.hits), (4, 0), "{cached:?}");
+    assert!(cached.bytes > 0);
+
+    let again = f.engine.sql(sum, PII).await.unwrap();
+    assert_eq!(u64s(&again.batches, "s"), vec![expected]);
+    let cached = f.engine.segment_metadata_cache();
+    assert_eq!(cached.segments, 4);
+    assert!(cached.hits >= 4, "the second query reuses every footer: {cached:?}");
+
+    // A compaction's output is a new file: read fresh, the same answer.
+    assert!(f.store.compact().unwrap() > 0);
+    let after = f.engine.sql(sum, PII).await.unwrap();
+    assert_eq!((u64s(&after.batches, "n"), u64s(&after.batches, "s")), (vec![200], vec![expected]));
+    assert_eq!(after.stats.segments_read, 1);
+    assert_eq!(f.engine.segment_metadata_cache().segments, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segments_outside_the_time_range_are_skipped() {
     let mut f = Fixture::new();
     for hour in 0..4u64 {
