@@ -523,6 +523,19 @@ impl Api {
             "Requests answered with a server error.",
             c.queries_failed.load(Relaxed),
         );
+        let cache = self.engine.segment_metadata_cache();
+        one(
+            "sluice_query_metadata_cache_bytes",
+            "gauge",
+            "Bytes of segment footers and page indexes cached for queries.",
+            cache.bytes as u64,
+        );
+        one(
+            "sluice_query_metadata_cache_segments",
+            "gauge",
+            "Segments whose footer and page index are cached.",
+            cache.segments as u64,
+        );
         out
     }
 }

@@ -527,6 +527,8 @@ async fn tokens_roles_and_request_limits() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.text().contains("sluice_store_rows_committed_total 10\n"), "{}", r.text());
     assert!(r.text().contains("sluice_api_tails 0\n"), "{}", r.text());
+    // The three queries read the one segment; its footer is cached once.
+    assert!(r.text().contains("sluice_query_metadata_cache_segments 1\n"), "{}", r.text());
     let r = h.get("/healthz", None, None).await;
     assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok\n"));
     let r = send(h.addr, Method::HEAD, "/healthz", None, None, None).await;
