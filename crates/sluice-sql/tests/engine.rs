@@ -535,7 +535,8 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
     assert_eq!(u64s(&out.batches, "time_ns"), vec![T0 + okapi_row]);
     let out = run("pii_uid:U424242", PII).await;
     assert_eq!(out.rows(), 1);
-    assert!([block, 2 * block].contains(&out.stats.rows_scanned), "{:?}", out.stats);
+    // Page statistics of the column may narrow the block further, to its page holding the value.
+    assert!((1..=2 * block).contains(&out.stats.rows_scanned), "{:?}", out.stats);
     // The last block is short: the selection ends with the segment.
     let out = run("\"wild okapi\" OR login", VIEWER).await;
     assert_eq!(out.stats.rows_scanned, total, "an OR is not narrowed");

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, UInt64Builder};
-use arrow_array::{new_null_array, ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt64Type;
+use arrow_array::{new_null_array, ArrayRef, FixedSizeBinaryArray, RecordBatch, StringArray, UInt64Array};
+use arrow_buffer::{BooleanBuffer, Buffer as Bytes, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
@@ -174,6 +177,42 @@ pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> RecordBatch {
     RecordBatch::try_new(schema.clone(), columns).expect("aligned columns match the schema they were built from")
 }
 
+/// The rows of `batch` with a `sluice_seq` above `after` (seqs rise within a batch), without
+/// copying; `None` when there are none.
+pub fn suffix_after(batch: &RecordBatch, after: u64) -> Option<RecordBatch> {
+    let seqs = batch.column_by_name(COL_SEQ)?.as_primitive_opt::<UInt64Type>()?;
+    let n = seqs.len();
+    if n == 0 || seqs.value(n - 1) <= after {
+        return None;
+    }
+    let start = seqs.values().partition_point(|&s| s <= after);
+    Some(batch.slice(start, n - start))
+}
+
+/// Rows `from..` of a builder's validity bitmap (`None`: no null so far).
+fn nulls_from(validity: Option<&[u8]>, from: usize, len: usize) -> Option<NullBuffer> {
+    validity.map(|bits| NullBuffer::new(BooleanBuffer::new(Bytes::from_slice_ref(bits), from, len)))
+}
+
+fn u64s_from(b: &UInt64Builder, from: usize) -> ArrayRef {
+    let values = &b.values_slice()[from..];
+    Arc::new(UInt64Array::new(ScalarBuffer::from(values.to_vec()), nulls_from(b.validity_slice(), from, values.len())))
+}
+
+fn strings_from(b: &StringBuilder, from: usize) -> ArrayRef {
+    let offsets = b.offsets_slice();
+    let (first, last) = (offsets[from], offsets[offsets.len() - 1]);
+    let rebased: Vec<i32> = offsets[from..].iter().map(|o| o - first).collect();
+    let values = Bytes::from_slice_ref(&b.values_slice()[first as usize..last as usize]);
+    let len = rebased.len() - 1;
+    Arc::new(StringArray::new(OffsetBuffer::new(rebased.into()), values, nulls_from(b.validity_slice(), from, len)))
+}
+
+fn ids_from(b: &FixedSizeBinaryBuilder, from: usize, rows: usize) -> ArrayRef {
+    let values = Bytes::from_slice_ref(&b.values_slice()[from * 16..]);
+    Arc::new(FixedSizeBinaryArray::new(16, values, nulls_from(b.validity_slice(), from, rows - from)))
+}
+
 /// Per-line facts that do not come from the line.
 pub struct LineMeta<'a> {
     pub source: &'a str,
@@ -240,6 +279,33 @@ impl Active {
         }
     }
 
+    /// Rows `from..` as a batch with the columns [`Active::batch`] would give, copying only
+    /// those rows; the builders are left as they are (apart from padding).
+    fn batch_from(&mut self, registry: &Registry, from: usize) -> RecordBatch {
+        let rows = self.rows;
+        let mut fields = fixed_fields();
+        let mut columns: Vec<ArrayRef> = vec![
+            u64s_from(&self.time_ns, from),
+            strings_from(&self.source, from),
+            strings_from(&self.stream, from),
+            u64s_from(&self.received_ns, from),
+            ids_from(&self.id, from, rows),
+            u64s_from(&self.seq, from),
+            strings_from(&self.overflow, from),
+        ];
+        for (i, col) in self.keys.iter_mut().enumerate() {
+            let Some(col) = col else { continue };
+            col.pad(rows);
+            let (name, t) = &registry.keys()[i];
+            fields.push(Field::new(name.as_ref(), t.data_type(), true));
+            columns.push(match &col.data {
+                KeyData::Str(b) => strings_from(b, from),
+                KeyData::U64(b) => u64s_from(b, from),
+            });
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("every column has one value per row")
+    }
+
     /// The rows so far as a batch: fixed columns, then the keys that have a value, in registry
     /// order. `finish` empties the builders; otherwise they are copied.
     fn batch(&mut self, registry: &Registry, finish: bool) -> RecordBatch {
@@ -289,6 +355,10 @@ impl Active {
 /// Committed events not yet in segments.
 pub struct Buffer {
     frozen: Vec<RecordBatch>,
+    /// `frozen[..aligned.len()]` aligned to `aligned_to`, so that a snapshot does not rebuild
+    /// the all-null columns of keys a frozen batch lacks at every call.
+    aligned: Vec<RecordBatch>,
+    aligned_to: Option<SchemaRef>,
     active: Active,
     rows: usize,
     first_row_at: Option<Instant>,
@@ -300,6 +370,8 @@ impl Default for Buffer {
     fn default() -> Self {
         Buffer {
             frozen: Vec::new(),
+            aligned: Vec::new(),
+            aligned_to: None,
             active: Active::new(),
             rows: 0,
             first_row_at: None,
@@ -410,15 +482,36 @@ impl Buffer {
         counts
     }
 
-    /// Every row, as batches aligned to the registry's full schema. Cheap for frozen rows (shared),
-    /// a copy of at most [`FREEZE_ROWS`] rows for the active part.
+    /// Every row, as batches aligned to the registry's full schema. Cheap for frozen rows (shared,
+    /// aligned once per schema), a copy of at most [`FREEZE_ROWS`] rows for the active part.
     pub fn snapshot(&mut self, registry: &Registry) -> Vec<RecordBatch> {
         let schema = registry.schema();
-        let mut out: Vec<RecordBatch> = self.frozen.iter().map(|b| align(b, &schema)).collect();
+        if !self.aligned_to.as_ref().is_some_and(|a| Arc::ptr_eq(a, &schema)) {
+            self.aligned.clear();
+            self.aligned_to = Some(schema.clone());
+        }
+        for b in &self.frozen[self.aligned.len()..] {
+            self.aligned.push(align(b, &schema));
+        }
+        let mut out = self.aligned.clone();
         if self.active.rows > 0 {
             out.push(align(&self.active.batch(registry, false), &schema));
         }
         out
+    }
+
+    /// The rows with a `sluice_seq` above `after`, aligned to the registry's full schema. Copies
+    /// only those rows: what the live tail asks after every group commit, where a whole
+    /// [`Buffer::snapshot`] would copy the active rows each time.
+    pub fn rows_after(&mut self, registry: &Registry, after: u64) -> Vec<RecordBatch> {
+        let schema = registry.schema();
+        let mut out: Vec<RecordBatch> = self.frozen.iter().filter_map(|b| suffix_after(b, after)).collect();
+        let seqs = self.active.seq.values_slice();
+        let start = seqs.partition_point(|&s| s <= after);
+        if start < seqs.len() {
+            out.push(self.active.batch_from(registry, start));
+        }
+        out.iter().map(|b| align(b, &schema)).collect()
     }
 
     /// Take every row out (for a flush); the buffer is empty afterwards.
@@ -429,6 +522,7 @@ impl Buffer {
         }
         self.rows = 0;
         self.first_row_at = None;
+        self.aligned.clear();
         std::mem::take(&mut self.frozen)
     }
 
@@ -440,6 +534,7 @@ impl Buffer {
         }
         batches.append(&mut self.frozen);
         self.frozen = batches;
+        self.aligned.clear();
         self.rows += rows;
         self.first_row_at = Some(self.first_row_at.map_or(Instant::now(), |t| t.min(Instant::now())));
     }
@@ -534,6 +629,46 @@ mod tests {
         let b = &buf.snapshot(&reg)[0];
         assert!(b.column_by_name("c").is_none());
         assert_eq!(col::<StringArray>(b, COL_OVERFLOW).value(0), r#"{"c":"z"}"#);
+    }
+
+    /// `snapshot` filtered by seq, as one batch: what `rows_after` must equal.
+    fn after_by_snapshot(buf: &mut Buffer, reg: &Registry, after: u64) -> RecordBatch {
+        let all = arrow_select::concat::concat_batches(&reg.schema(), &buf.snapshot(reg)).unwrap();
+        let keep: arrow_array::BooleanArray =
+            col::<UInt64Array>(&all, COL_SEQ).iter().map(|s| Some(s.unwrap() > after)).collect();
+        arrow_select::filter::filter_record_batch(&all, &keep).unwrap()
+    }
+
+    #[test]
+    fn rows_after_equal_the_snapshot_past_a_seq() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        let total = FREEZE_ROWS as u64 + 700;
+        let check = |buf: &mut Buffer, reg: &Registry, upto: u64| {
+            for after in [0, 1, upto / 2, upto.saturating_sub(3), upto.saturating_sub(1), upto, upto + 5] {
+                let got = arrow_select::concat::concat_batches(&reg.schema(), &buf.rows_after(reg, after)).unwrap();
+                assert_eq!(got, after_by_snapshot(buf, reg, after), "after {after} of {upto}");
+            }
+        };
+        for seq in 1..=total {
+            // Keys come and go (nulls, a key first seen late, a bad line, a conflicting type).
+            let line = match seq % 7 {
+                0 => format!(r#"{{"time_ns":{seq},"a":"v{seq}","late":{seq}}}"#),
+                1 => "not json at all".to_string(),
+                2 => format!(r#"{{"time_ns":{seq},"n":{seq},"a":"ünï{seq}"}}"#),
+                3 => format!(r#"{{"time_ns":{seq},"n":"text"}}"#),
+                _ => format!(r#"{{"time_ns":{seq},"b":"{}"}}"#, "x".repeat((seq % 13) as usize)),
+            };
+            buf.push_line(&mut reg, line.as_bytes(), &meta(seq));
+            if [1, 2, 9, 300, FREEZE_ROWS as u64 - 1, FREEZE_ROWS as u64, FREEZE_ROWS as u64 + 1, total].contains(&seq)
+            {
+                check(&mut buf, &reg, seq);
+            }
+        }
+        // A schema grown after freezing: the frozen rows gain the new column as nulls.
+        buf.push_line(&mut reg, br#"{"time_ns":1,"newest":"z"}"#, &meta(total + 1));
+        check(&mut buf, &reg, total + 1);
+        assert!(buf.rows_after(&reg, total + 1).is_empty());
     }
 
     #[test]

@@ -83,7 +83,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow_array::{Array, RecordBatch, UInt64Array};
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
@@ -497,23 +497,17 @@ impl Store {
     /// into segments are not returned: a caller that falls behind a flush misses them, and can
     /// tell how many from the gap between `after` and the first seq returned. For live tail.
     pub fn buffered_after(&self, after: u64) -> (Vec<RecordBatch>, u64) {
-        let view = self.view();
-        let applied = lock(&self.inner.state).applied_seq;
-        let mut out = Vec::new();
-        for batch in view.buffered {
-            let Some(seqs) = batch.column_by_name(COL_SEQ).and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-            else {
-                continue;
-            };
-            let n = seqs.len();
-            if n == 0 || seqs.value(n - 1) <= after {
-                continue;
-            }
-            // Seqs rise within and across buffered batches (rows are applied in WAL order).
-            let start = seqs.values().partition_point(|&s| s <= after);
-            out.push(batch.slice(start, n - start));
-        }
-        (out, applied)
+        let mut guard = lock(&self.inner.state);
+        let s = &mut *guard;
+        let schema = s.registry.schema();
+        let mut out: Vec<RecordBatch> = s
+            .flushing
+            .iter()
+            .filter_map(|b| buffer::suffix_after(b, after))
+            .map(|b| buffer::align(&b, &schema))
+            .collect();
+        out.extend(s.buffer.rows_after(&s.registry, after));
+        (out, s.applied_seq)
     }
 
     /// Changes whenever committed events become visible (after each group commit). For live

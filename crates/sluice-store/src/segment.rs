@@ -62,7 +62,7 @@ pub const PAGE_ROWS: usize = 4096;
 /// Rows gathered into one Arrow batch at a time while writing, bounding the extra memory.
 const WRITE_SLICE_ROWS: usize = 64 * 1024;
 const NS_PER_HOUR: u64 = 3_600_000_000_000;
-const _: () = assert!(BLOCK_ROWS as usize % PAGE_ROWS == 0);
+const _: () = assert!((BLOCK_ROWS as usize).is_multiple_of(PAGE_ROWS));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
