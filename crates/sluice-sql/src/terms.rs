@@ -36,14 +36,26 @@ fn or(a: Blocks, b: Blocks) -> Blocks {
     }
 }
 
+/// The blocks that may hold hidden text (the original text of bad lines). The open filter holds
+/// the tokens of the masked text in exactly those blocks (see sluice-store's `terms`), so asking
+/// it first confines a hidden-text lookup to them: without this, a bare word for a caller with
+/// the `pii` role met the false positives of two filters in every block.
+fn hidden_text_blocks(t: &SegmentTerms) -> Blocks {
+    sluice_query::tokens(crate::HIDDEN).fold(None, |b, tok| and(b, t.token_blocks_open(&sluice_query::normalize(tok))))
+}
+
 /// What to read of a segment of `rows` rows with index `t` for a search needing every term in
 /// `needed`.
 pub(crate) fn segment_access(t: &SegmentTerms, rows: u64, needed: &[Needed], access: Access) -> SegmentAccess {
     let mut blocks: Blocks = None;
+    let mut hidden: Option<Blocks> = None;
     for n in needed {
         let b = match n {
             // A caller with the pii role also finds bare words in the hidden text of bad lines.
-            Needed::Token(tok) if access.pii => or(t.token_blocks_open(tok), t.token_blocks_hidden(tok)),
+            Needed::Token(tok) if access.pii => {
+                let hidden = hidden.get_or_insert_with(|| hidden_text_blocks(t)).clone();
+                or(t.token_blocks_open(tok), and(t.token_blocks_hidden(tok), hidden))
+            }
             Needed::Token(tok) => t.token_blocks_open(tok),
             Needed::PiiToken { column, token } if access.pii => t.token_blocks_pii(column, token),
             // Never asked for (see `needed_terms`); pruning on it would reveal pii values.

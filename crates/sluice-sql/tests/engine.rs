@@ -515,11 +515,14 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
     let mut f = Fixture::new();
     let block = sluice_store::BLOCK_ROWS;
     let total = 4 * block + 100;
-    // One segment, in time order: the okapi in block 1, the uid in block 3.
-    let (okapi_row, uid_row) = (block + 17, 3 * block + 5);
+    // One segment, in time order: the okapi in block 1, a bad line in block 2, the uid in block 3.
+    let (okapi_row, bad_row, uid_row) = (block + 17, 2 * block + 9, 3 * block + 5);
     let lines: Vec<String> = (0..total)
         .map(|i| match i {
             _ if i == okapi_row => format!(r#"{{"time_ns":{},"msg":"a wild okapi appears"}}"#, T0 + i),
+            _ if i == bad_row => {
+                format!(r#"{{"time_ns":{},"sluice_bad":"not_json","sluice_raw":"the tapir line"}}"#, T0 + i)
+            }
             _ if i == uid_row => format!(r#"{{"time_ns":{},"msg":"login","pii_uid":"U424242"}}"#, T0 + i),
             _ => event(i, T0 + i),
         })
@@ -537,6 +540,14 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
     assert_eq!(out.rows(), 1);
     // Page statistics of the column may narrow the block further, to its page holding the value.
     assert!((1..=2 * block).contains(&out.stats.rows_scanned), "{:?}", out.stats);
+    // A word in the text of a bad line: found by a pii caller in its block (the hidden-text
+    // filter is asked only in blocks that hold hidden text), and never by a viewer.
+    let out = run("tapir", PII).await;
+    assert_eq!((out.rows(), out.stats.segments_read), (1, 1), "{:?}", out.stats);
+    assert_eq!(u64s(&out.batches, "time_ns"), vec![T0 + bad_row]);
+    assert!((1..=2 * block).contains(&out.stats.rows_scanned), "{:?}", out.stats);
+    let out = run("tapir", VIEWER).await;
+    assert_eq!(out.rows(), 0);
     // The last block is short: the selection ends with the segment.
     let out = run("\"wild okapi\" OR login", VIEWER).await;
     assert_eq!(out.stats.rows_scanned, total, "an OR is not narrowed");
