@@ -279,7 +279,7 @@ impl Active {
         }
     }
 
-    /// Rows `from..` as a batch with the columns [`Active::batch`] would give, copying only
+    /// Rows `from..` as a batch with the columns [`Active::finish`] would give, copying only
     /// those rows; the builders are left as they are (apart from padding).
     fn batch_from(&mut self, registry: &Registry, from: usize) -> RecordBatch {
         let rows = self.rows;
@@ -306,48 +306,32 @@ impl Active {
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("every column has one value per row")
     }
 
-    /// The rows so far as a batch: fixed columns, then the keys that have a value, in registry
-    /// order. `finish` empties the builders; otherwise they are copied.
-    fn batch(&mut self, registry: &Registry, finish: bool) -> RecordBatch {
+    /// Every row as a batch: fixed columns, then the keys that have a value, in registry order.
+    /// Empties the builders (a copy without emptying them is [`Active::batch_from`]`(0)`).
+    fn finish(&mut self, registry: &Registry) -> RecordBatch {
         let rows = self.rows;
         let mut fields = fixed_fields();
-        let mut columns: Vec<ArrayRef> = if finish {
-            vec![
-                Arc::new(self.time_ns.finish()),
-                Arc::new(self.source.finish()),
-                Arc::new(self.stream.finish()),
-                Arc::new(self.received_ns.finish()),
-                Arc::new(self.id.finish()),
-                Arc::new(self.seq.finish()),
-                Arc::new(self.overflow.finish()),
-            ]
-        } else {
-            vec![
-                Arc::new(self.time_ns.finish_cloned()),
-                Arc::new(self.source.finish_cloned()),
-                Arc::new(self.stream.finish_cloned()),
-                Arc::new(self.received_ns.finish_cloned()),
-                Arc::new(self.id.finish_cloned()),
-                Arc::new(self.seq.finish_cloned()),
-                Arc::new(self.overflow.finish_cloned()),
-            ]
-        };
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.time_ns.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.stream.finish()),
+            Arc::new(self.received_ns.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.seq.finish()),
+            Arc::new(self.overflow.finish()),
+        ];
         for (i, col) in self.keys.iter_mut().enumerate() {
             let Some(col) = col else { continue };
             col.pad(rows);
             let (name, t) = &registry.keys()[i];
             fields.push(Field::new(name.as_ref(), t.data_type(), true));
-            columns.push(match (&mut col.data, finish) {
-                (KeyData::Str(b), true) => Arc::new(b.finish()),
-                (KeyData::Str(b), false) => Arc::new(b.finish_cloned()),
-                (KeyData::U64(b), true) => Arc::new(b.finish()),
-                (KeyData::U64(b), false) => Arc::new(b.finish_cloned()),
+            columns.push(match &mut col.data {
+                KeyData::Str(b) => Arc::new(b.finish()),
+                KeyData::U64(b) => Arc::new(b.finish()),
             });
         }
-        if finish {
-            self.keys.clear();
-            self.rows = 0;
-        }
+        self.keys.clear();
+        self.rows = 0;
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("every column has one value per row")
     }
 }
@@ -476,7 +460,7 @@ impl Buffer {
             self.first_row_at = Some(Instant::now());
         }
         if a.rows >= FREEZE_ROWS {
-            let batch = a.batch(registry, true);
+            let batch = a.finish(registry);
             self.frozen.push(batch);
         }
         counts
@@ -495,7 +479,7 @@ impl Buffer {
         }
         let mut out = self.aligned.clone();
         if self.active.rows > 0 {
-            out.push(align(&self.active.batch(registry, false), &schema));
+            out.push(align(&self.active.batch_from(registry, 0), &schema));
         }
         out
     }
@@ -517,7 +501,7 @@ impl Buffer {
     /// Take every row out (for a flush); the buffer is empty afterwards.
     pub fn take(&mut self, registry: &Registry) -> Vec<RecordBatch> {
         if self.active.rows > 0 {
-            let batch = self.active.batch(registry, true);
+            let batch = self.active.finish(registry);
             self.frozen.push(batch);
         }
         self.rows = 0;
@@ -669,6 +653,10 @@ mod tests {
         buf.push_line(&mut reg, br#"{"time_ns":1,"newest":"z"}"#, &meta(total + 1));
         check(&mut buf, &reg, total + 1);
         assert!(buf.rows_after(&reg, total + 1).is_empty());
+        // Against the other way of building batches (emptying the builders): the same rows.
+        let copied = arrow_select::concat::concat_batches(&reg.schema(), &buf.rows_after(&reg, 0)).unwrap();
+        let taken: Vec<RecordBatch> = buf.take(&reg).iter().map(|b| align(b, &reg.schema())).collect();
+        assert_eq!(copied, arrow_select::concat::concat_batches(&reg.schema(), &taken).unwrap());
     }
 
     #[test]
