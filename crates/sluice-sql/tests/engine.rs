@@ -531,7 +531,7 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
     f.flush();
     let run = |q: &str, access| search_as(&f, q, access);
     // The needle's block of the five is read, and another only on a false positive of the
-    // filter (1% per block).
+    // filter (0.1% per block).
     let out = run("okapi", VIEWER).await;
     assert_eq!((out.rows(), out.stats.segments_read), (1, 1), "{:?}", out.stats);
     assert!([block, 2 * block].contains(&out.stats.rows_scanned), "{:?}", out.stats);

@@ -41,10 +41,10 @@
 //!
 //! # Sizing
 //!
-//! Each filter is sized from the number of distinct items counted while building: about 9.6 bits
-//! and 7 hash functions per item for a false-positive rate of [`FPR_TARGET`] (1%). The three
+//! Each filter is sized from the number of distinct items counted while building: about 14.4 bits
+//! and 10 hash functions per item for a false-positive rate of [`FPR_TARGET`] (0.1%). The three
 //! filters of one segment together take at most [`TERMS_BYTES_MAX`] bytes; beyond that every
-//! filter is shrunk in proportion, so the false-positive rate grows (about 10% at half the bits
+//! filter is shrunk in proportion, so the false-positive rate grows (about 3% at half the bits
 //! per item) but building never fails. The 3-gram filter's items are at most the 2^24 possible
 //! byte triples. Positions come from one xxh3-64 hash per item by double hashing
 //! (`h1 + i·h2 mod bits`, with `h1`, `h2` its low and high 32 bits, `h2` with its lowest bit
@@ -62,8 +62,8 @@
 //! skipped block's pages are not even decompressed). A token is counted once per block it occurs
 //! in, which is what sizes the filters; most tokens repeat within a block, so this costs far less
 //! than a filter per block would. 3-grams are indexed for the whole segment. The open tokens of
-//! [`MASKED_TEXT`] are in exactly the blocks that hold hidden text. With 1% false positives per
-//! block, a token absent from a segment of `n` blocks still leaves about `n / 100` blocks to read.
+//! [`MASKED_TEXT`] are in exactly the blocks that hold hidden text. With 0.1% false positives per
+//! block, a token absent from a segment of `n` blocks still leaves about `n / 1000` blocks to read.
 //!
 //! # File format
 //!
@@ -111,18 +111,23 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 use crate::buffer::{COL_OVERFLOW, COL_STREAM, OVERFLOW_UNPARSED};
 
 /// False-positive rate each filter is sized for (below the cap).
-pub const FPR_TARGET: f64 = 0.01;
-/// Most bytes the filters of one segment take together. About 3.5 million distinct items fit at
+/// A needle reads every block its filter wrongly lets through: at 1%, a rare word in ~15 events of
+/// 10,000,000 read about as many false blocks as true ones; 0.1% costs 1.5× the bits (the
+/// indexes are about 2% of the segments' bytes).
+pub const FPR_TARGET: f64 = 0.001;
+/// Most bytes the filters of one segment take together. About 4.6 million distinct items fit at
 /// the target rate; a bigger segment gets a higher rate.
-pub const TERMS_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const TERMS_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Bytes of term indexes [`TermsCache`] keeps in memory by default.
 pub const TERMS_CACHE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 /// Version written; another version is not read (the segment is then searched without it).
 pub const TERMS_VERSION: u32 = 2;
 /// Rows per block: tokens are indexed per block of this many rows of the segment (in the order
 /// they are written), so that a needle query reads only the blocks that may hold it. The segment
-/// writer cuts its data pages at this many rows too, so a skipped block is a skipped page.
-pub const BLOCK_ROWS: u64 = 8192;
+/// writer cuts its data pages within blocks too, so a skipped block is skipped pages. A needle
+/// scans whole blocks of its predicate's columns (of every string column for a bare word), so
+/// 4,096 rows against 8,192 halves that for about twice the distinct items per segment.
+pub const BLOCK_ROWS: u64 = 4096;
 /// What the API shows callers without the `pii` role instead of hidden text.
 pub const MASKED_TEXT: &str = "(hidden)";
 /// Hash seeds of the restricted filter's three kinds of item.
@@ -1086,7 +1091,7 @@ mod tests {
         assert_eq!(f[0].flags, FLAG_SHRUNK);
         assert!(f[2].words.is_empty() && f[2].hashes == 0);
         let f = size_filters([1, 1000, 10]);
-        assert_eq!(f[1].hashes, 7, "about 9.6 bits per item");
+        assert_eq!(f[1].hashes, 10, "about 14.4 bits per item");
         assert!(f.iter().all(|b| b.flags == 0));
     }
 
