@@ -128,6 +128,8 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetadataCacheStats {
     pub segments: usize,
+    /// Segments whose page index is held with the footer (every one written with a page index).
+    pub page_indexes: usize,
     pub bytes: usize,
     pub hits: usize,
 }
@@ -286,6 +288,10 @@ impl Engine {
         let entries = self.inner.metadata.list_entries();
         MetadataCacheStats {
             segments: entries.len(),
+            page_indexes: entries
+                .values()
+                .filter(|e| e.value.file_metadata.extra_info().get("page_index").is_some_and(|v| v == "true"))
+                .count(),
             bytes: entries.values().map(|e| e.size_bytes).sum(),
             hits: entries.values().map(|e| e.hits).sum(),
         }

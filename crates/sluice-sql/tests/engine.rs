@@ -139,21 +139,30 @@ async fn segment_footers_are_read_once_and_a_compacted_segment_afresh() {
     let first = f.engine.sql(sum, PII).await.unwrap();
     assert_eq!((u64s(&first.batches, "n"), u64s(&first.batches, "s")), (vec![200], vec![expected]));
     let cached = f.engine.segment_metadata_cache();
-    assert_eq!((cached.segments, cached.hits), (4, 0), "{cached:?}");
+    assert_eq!((cached.segments, cached.page_indexes, cached.hits), (4, 4, 0), "{cached:?}");
     assert!(cached.bytes > 0);
+    // A filter prunes with the page index; it is cached with the footer, not read again per query.
+    let filtered = "SELECT count(*) AS n FROM events WHERE duration_ms = 7";
+    let once = f.engine.sql(filtered, PII).await.unwrap();
+    assert_eq!(u64s(&once.batches, "n"), vec![2]);
+    let twice = f.engine.sql(filtered, PII).await.unwrap();
+    assert_eq!(twice.stats.bytes_scanned, once.stats.bytes_scanned, "{:?}", twice.stats);
+    let cached = f.engine.segment_metadata_cache();
+    assert_eq!((cached.segments, cached.page_indexes), (4, 4), "{cached:?}");
 
     let again = f.engine.sql(sum, PII).await.unwrap();
     assert_eq!(u64s(&again.batches, "s"), vec![expected]);
     let cached = f.engine.segment_metadata_cache();
     assert_eq!(cached.segments, 4);
-    assert!(cached.hits >= 4, "the second query reuses every footer: {cached:?}");
+    assert!(cached.hits >= 12, "every later query reuses every footer: {cached:?}");
 
     // A compaction's output is a new file: read fresh, the same answer.
     assert!(f.store.compact().unwrap() > 0);
     let after = f.engine.sql(sum, PII).await.unwrap();
     assert_eq!((u64s(&after.batches, "n"), u64s(&after.batches, "s")), (vec![200], vec![expected]));
     assert_eq!(after.stats.segments_read, 1);
-    assert_eq!(f.engine.segment_metadata_cache().segments, 5);
+    let cached = f.engine.segment_metadata_cache();
+    assert_eq!((cached.segments, cached.page_indexes), (5, 5), "{cached:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
