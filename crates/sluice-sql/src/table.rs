@@ -28,11 +28,11 @@ use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection}
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use futures_util::future::{BoxFuture, FutureExt};
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
+use futures_util::future::{BoxFuture, FutureExt};
 use sluice_store::{SegmentMeta, StoreView, COL_TIME_NS};
 
 /// Decides per segment what of it may hold a match (term indexes).
