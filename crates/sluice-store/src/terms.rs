@@ -113,7 +113,7 @@ use crate::buffer::{COL_OVERFLOW, COL_STREAM, OVERFLOW_UNPARSED};
 /// False-positive rate each filter is sized for (below the cap).
 /// A needle reads every block its filter wrongly lets through: at 1%, a rare word in ~15 events of
 /// 10,000,000 read about as many false blocks as true ones; 0.1% costs 1.5× the bits (the
-/// indexes are about 2% of the segments' bytes).
+/// indexes are about 4% of the segments' bytes at 10M events).
 pub const FPR_TARGET: f64 = 0.001;
 /// Most bytes the filters of one segment take together. About 4.6 million distinct items fit at
 /// the target rate; a bigger segment gets a higher rate.
