@@ -153,6 +153,10 @@ pub struct QueryStats {
     pub segments_skipped: u64,
     /// Buffered (not yet flushed) rows the query looked at.
     pub buffer_rows: u64,
+    /// Tests of a bare word against a string column of a segment read that were left out because
+    /// the segment's term index says no value of that column holds the word (one per segment,
+    /// word and column): those columns were not decoded for it.
+    pub columns_skipped: u64,
     pub elapsed_ms: f64,
 }
 
@@ -442,6 +446,7 @@ impl Engine {
             segments_read: counters.segments_read.load(std::sync::atomic::Ordering::Relaxed),
             segments_skipped: counters.segments_skipped.load(std::sync::atomic::Ordering::Relaxed),
             buffer_rows: counters.buffer_rows.load(std::sync::atomic::Ordering::Relaxed),
+            columns_skipped: counters.columns_skipped.load(std::sync::atomic::Ordering::Relaxed),
             ..QueryStats::default()
         };
         stats.rows_scanned = stats.buffer_rows;

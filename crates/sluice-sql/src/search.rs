@@ -37,6 +37,48 @@ pub enum Needed {
     PiiToken { column: String, token: String },
 }
 
+/// A bare word or phrase of a search: its text and the pattern its `sluice_words_match` calls
+/// test (the same for every occurrence of the text).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Word {
+    pub text: String,
+    pub pattern: String,
+}
+
+/// Every bare word or phrase of `q`, wherever it is (ANDed, ORed or negated), once.
+pub fn words(q: &Query) -> Vec<Word> {
+    fn collect(q: &Query, out: &mut Vec<Word>) {
+        match q {
+            Query::Term { field: None, text, .. } => {
+                if let Some(pattern) = sluice_query::word_regex(text, SqlDialect::DataFusion) {
+                    out.push(Word { text: text.clone(), pattern });
+                }
+            }
+            Query::And(children) | Query::Or(children) => children.iter().for_each(|c| collect(c, out)),
+            Query::Not(inner) => collect(inner, out),
+            Query::Term { .. } | Query::Compare { .. } | Query::Exists { .. } | Query::All => {}
+        }
+    }
+    let mut out = Vec::new();
+    collect(q, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The columns a segment's column filter may rule out of a bare word's test: the open string
+/// columns among those the word is tested against (`searched_sql`); never hidden text, `pii_*`
+/// columns or the overflow, which that filter does not index.
+fn open_searched_columns(schema: &Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Utf8))
+        .map(|f| f.name().clone())
+        .filter(|n| n != COL_OVERFLOW && sluice_store::column_class(n) == sluice_store::ColumnClass::Open)
+        .collect()
+}
+
 pub(crate) fn column_type(schema: &Schema, name: &str) -> Option<ColumnType> {
     match schema.field_with_name(name).ok()?.data_type() {
         DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => Some(ColumnType::String),
@@ -151,7 +193,8 @@ impl Engine {
             req.limit + 1
         );
         let needed = needed_terms(&q, &schema, access);
-        let filter = crate::terms::filter(self.store(), needed, access).await;
+        let filter =
+            crate::terms::filter(self.store(), needed, words(&q), open_searched_columns(&schema), access).await;
         let mut out = self.run(&sql, access, filter, req.limit).await?;
         // One row past the limit was asked for only to tell whether there were more.
         out.truncated = out.truncated || out.rows() > req.limit;

@@ -1,11 +1,15 @@
 //! The `events` table: one DataFusion table over a [`StoreView`] — the live Parquet segments and
 //! the buffered rows together, so that an event is in exactly one of them — with segment pruning
 //! by event time and by a caller-supplied segment filter (term indexes), which may also narrow a
-//! segment to row ranges (its blocks that may match), counted for the stats.
+//! segment to row ranges (its blocks that may match), counted for the stats. The filter may also
+//! rule string columns of a segment out of a bare word's test (the segment's index says none of
+//! their values holds the word): that segment's row filter then tests the word against the other
+//! columns only, so the ruled-out columns are not decoded for it ([`NarrowWords`]).
 //!
 //! Not here: masking (the engine wraps this table in a masking view for callers without the
 //! `pii` role) or SQL (DataFusion plans over it).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result as DfResult, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -28,6 +33,11 @@ use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection}
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_expr_adapter::{
+    DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
+};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::union::UnionExec;
@@ -36,7 +46,26 @@ use futures_util::future::{BoxFuture, FutureExt};
 use sluice_store::{SegmentMeta, StoreView, COL_TIME_NS};
 
 /// Decides per segment what of it may hold a match (term indexes).
-pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> SegmentAccess + Send + Sync>;
+pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> SegmentScan + Send + Sync>;
+
+/// Per bare word or phrase of a search (by its `sluice_words_match` pattern), the string columns
+/// of one segment that cannot hold it.
+pub type RuledOut = BTreeMap<String, BTreeSet<String>>;
+
+/// What a scan reads of one segment, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentScan {
+    pub access: SegmentAccess,
+    /// Columns left out of the segment's bare-word tests (no value of theirs can match).
+    pub ruled_out: RuledOut,
+}
+
+impl SegmentScan {
+    /// Every row, every column.
+    pub fn all() -> SegmentScan {
+        SegmentScan { access: SegmentAccess::All, ruled_out: RuledOut::new() }
+    }
+}
 
 /// What a scan reads of one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +84,8 @@ pub struct ScanCounters {
     pub segments_read: AtomicU64,
     pub segments_skipped: AtomicU64,
     pub buffer_rows: AtomicU64,
+    /// (segment, word, column) tests left out because the segment's index ruled them out.
+    pub columns_skipped: AtomicU64,
 }
 
 /// The URL under which the store's object store is registered in each query's runtime.
@@ -165,31 +196,39 @@ impl TableProvider for EventsTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let schema = self.view.schema.clone();
         let (lo, hi) = time_range(filters);
-        let mut files = Vec::new();
-        let mut skipped = 0u64;
+        // Segments by the columns their bare-word tests leave out: one Parquet scan each.
+        let mut by_ruled_out: BTreeMap<RuledOut, Vec<PartitionedFile>> = BTreeMap::new();
+        let (mut read, mut skipped, mut columns_skipped) = (0u64, 0u64, 0u64);
         for seg in &self.view.segments {
             let in_time = seg.time_ns_max >= lo && seg.time_ns_min <= hi;
-            let access = match &self.filter {
-                _ if !in_time => SegmentAccess::Skip,
+            let scan = match &self.filter {
+                _ if !in_time => SegmentScan { access: SegmentAccess::Skip, ruled_out: RuledOut::new() },
                 Some(f) => f(seg),
-                None => SegmentAccess::All,
+                None => SegmentScan::all(),
             };
             let file = PartitionedFile::new(seg.path.clone(), seg.bytes);
-            match access {
-                SegmentAccess::Skip => skipped += 1,
-                SegmentAccess::All => files.push(file),
+            let file = match scan.access {
+                SegmentAccess::Skip => {
+                    skipped += 1;
+                    continue;
+                }
+                SegmentAccess::All => file,
                 SegmentAccess::Rows(ranges) => {
                     let ranges = ranges.into_iter().map(|r| r.start as usize..r.end as usize);
                     let selection = RowSelection::from_consecutive_ranges(ranges, seg.rows as usize);
-                    files.push(file.with_extension(ParquetRowSelection::new(selection)));
+                    file.with_extension(ParquetRowSelection::new(selection))
                 }
-            }
+            };
+            read += 1;
+            columns_skipped += scan.ruled_out.values().map(|c| c.len() as u64).sum::<u64>();
+            by_ruled_out.entry(scan.ruled_out).or_default().push(file);
         }
-        self.counters.segments_read.fetch_add(files.len() as u64, Ordering::Relaxed);
+        self.counters.segments_read.fetch_add(read, Ordering::Relaxed);
         self.counters.segments_skipped.fetch_add(skipped, Ordering::Relaxed);
+        self.counters.columns_skipped.fetch_add(columns_skipped, Ordering::Relaxed);
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !files.is_empty() {
+        for (ruled_out, files) in by_ruled_out {
             let partitions = state.config().target_partitions().max(1);
             let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions.min(files.len())];
             let n = groups.len();
@@ -209,12 +248,14 @@ impl TableProvider for EventsTable {
             let source = ParquetSource::new(schema.clone())
                 .with_table_parquet_options(state.table_options().parquet.clone())
                 .with_parquet_file_reader_factory(Arc::new(readers));
-            let config = FileScanConfigBuilder::new(segments_url(), Arc::new(source))
+            let mut config = FileScanConfigBuilder::new(segments_url(), Arc::new(source))
                 .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
                 .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+                .with_limit(limit);
+            if !ruled_out.is_empty() {
+                config = config.with_expr_adapter(Some(Arc::new(NarrowWords(Arc::new(ruled_out)))));
+            }
+            inputs.push(DataSourceExec::from_data_source(config.build()));
         }
         let buffered: Vec<_> = self.view.buffered.iter().filter(|b| b.num_rows() > 0).cloned().collect();
         if !buffered.is_empty() {
@@ -237,6 +278,71 @@ impl TableProvider for EventsTable {
         }
         UnionExec::try_new(inputs)
     }
+}
+
+/// Adapts the pushed-down predicate to each segment file of one scan (DataFusion's default
+/// adapter: columns to the file's, missing columns to NULL) and then leaves the ruled-out columns
+/// out of every `sluice_words_match(pattern, value, …)` call whose pattern they are ruled out for
+/// (a call left with no value is FALSE). Exact: a ruled-out column holds no value that could
+/// match in these files (their term index says so, and an index never misses a token), so the
+/// call's answer is the same for every row; only the columns it decodes change.
+#[derive(Debug)]
+struct NarrowWords(Arc<RuledOut>);
+
+impl PhysicalExprAdapterFactory for NarrowWords {
+    fn create(
+        &self,
+        logical_file_schema: SchemaRef,
+        physical_file_schema: SchemaRef,
+    ) -> DfResult<Arc<dyn PhysicalExprAdapter>> {
+        let inner = DefaultPhysicalExprAdapterFactory.create(logical_file_schema, physical_file_schema)?;
+        Ok(Arc::new(NarrowWordsAdapter { inner, ruled_out: self.0.clone() }))
+    }
+}
+
+#[derive(Debug)]
+struct NarrowWordsAdapter {
+    inner: Arc<dyn PhysicalExprAdapter>,
+    ruled_out: Arc<RuledOut>,
+}
+
+impl PhysicalExprAdapter for NarrowWordsAdapter {
+    fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> DfResult<Arc<dyn PhysicalExpr>> {
+        let expr = self.inner.rewrite(expr)?;
+        narrow_words(expr, &self.ruled_out)
+    }
+}
+
+/// `expr` with the ruled-out columns left out of its `sluice_words_match` calls.
+fn narrow_words(expr: Arc<dyn PhysicalExpr>, ruled_out: &RuledOut) -> DfResult<Arc<dyn PhysicalExpr>> {
+    expr.transform_up(|e| {
+        let Some(call) = e.downcast_ref::<ScalarFunctionExpr>() else { return Ok(Transformed::no(e)) };
+        if call.name() != crate::words::WORDS_MATCH {
+            return Ok(Transformed::no(e));
+        }
+        let Some((pattern, values)) = call.args().split_first() else { return Ok(Transformed::no(e)) };
+        let Some(columns) = pattern
+            .downcast_ref::<Literal>()
+            .and_then(|l| l.value().try_as_str().flatten())
+            .and_then(|p| ruled_out.get(p))
+        else {
+            return Ok(Transformed::no(e));
+        };
+        let is_ruled_out =
+            |v: &Arc<dyn PhysicalExpr>| v.downcast_ref::<Column>().is_some_and(|c| columns.contains(c.name()));
+        if !values.iter().any(is_ruled_out) {
+            return Ok(Transformed::no(e));
+        }
+        let kept: Vec<_> = values.iter().filter(|v| !is_ruled_out(v)).cloned().collect();
+        if kept.is_empty() {
+            let no: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(ScalarValue::Boolean(Some(false))));
+            return Ok(Transformed::yes(no));
+        }
+        let mut args = vec![pattern.clone()];
+        args.extend(kept);
+        Ok(Transformed::yes(e.clone().with_new_children(args)?))
+    })
+    .data()
 }
 
 /// Readers of segment files whose metadata always comes with the page index, so that the

@@ -1,7 +1,9 @@
 //! Per-segment term indexes as a search uses them: before the query runs, the live segments'
 //! indexes (cached by the store) are asked which blocks of each may hold every term the search
 //! needs; segments with no such block are left out of the scan, and of the others only those
-//! blocks' rows are read.
+//! blocks' rows are read. Each bare word or phrase (any, ORed or negated too) is also looked up
+//! in each segment's column filter: the open string columns that cannot hold it there are left
+//! out of its test for that segment ([`crate::table::RuledOut`]).
 //!
 //! Not here: building or storing the indexes (sluice-store's `terms`).
 //!
@@ -9,14 +11,14 @@
 //! caller with the `pii` role consults the restricted filter (`pii_*` values and bad-line text),
 //! and for such a caller a bare word may also be in the bad-line text.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
 use sluice_store::{SegmentTerms, Store};
 
-use crate::search::Needed;
-use crate::table::SegmentAccess;
+use crate::search::{Needed, Word};
+use crate::table::{RuledOut, SegmentAccess, SegmentScan};
 use crate::{Access, SegmentFilter};
 
 /// Blocks that may hold a match: `None` for every block (the index cannot tell).
@@ -83,22 +85,45 @@ pub(crate) fn segment_access(t: &SegmentTerms, rows: u64, needed: &[Needed], acc
     SegmentAccess::Rows(ranges)
 }
 
-/// The filter that skips the live segments that cannot match and narrows the others to their
-/// blocks that may. Segments that become live after this call are read whole (never wrongly
-/// skipped).
-pub(crate) async fn filter(store: &Store, needed: Vec<Needed>, access: Access) -> Option<SegmentFilter> {
-    if needed.is_empty() {
+/// For each of `words`, the columns of `columns` (open string columns) that the segment's column
+/// filter says hold none of its values.
+pub(crate) fn ruled_out(t: &SegmentTerms, words: &[Word], columns: &[String]) -> RuledOut {
+    let mut out = RuledOut::new();
+    for w in words {
+        let none: BTreeSet<String> =
+            columns.iter().filter(|c| !t.may_contain_column_words(c, &w.text)).cloned().collect();
+        if !none.is_empty() {
+            out.insert(w.pattern.clone(), none);
+        }
+    }
+    out
+}
+
+/// The filter that skips the live segments that cannot match, narrows the others to their
+/// blocks that may, and leaves out of each bare word's test the columns (of `columns`, the open
+/// string columns) that cannot hold it. Segments that become live after this call are read whole
+/// and tested against every column (never wrongly skipped).
+pub(crate) async fn filter(
+    store: &Store,
+    needed: Vec<Needed>,
+    words: Vec<Word>,
+    columns: Vec<String>,
+    access: Access,
+) -> Option<SegmentFilter> {
+    if needed.is_empty() && words.is_empty() {
         return None;
     }
     let mut narrowed = HashMap::new();
     for seg in store.manifest().segments {
         let t = store.segment_terms(&seg.path).await;
-        let a = segment_access(&t, seg.rows, &needed, access);
-        if a != SegmentAccess::All {
-            narrowed.insert(seg.path, a);
+        let access = segment_access(&t, seg.rows, &needed, access);
+        let ruled_out = if access == SegmentAccess::Skip { RuledOut::new() } else { ruled_out(&t, &words, &columns) };
+        let scan = SegmentScan { access, ruled_out };
+        if scan != SegmentScan::all() {
+            narrowed.insert(seg.path, scan);
         }
     }
     Some(Arc::new(move |seg: &sluice_store::SegmentMeta| {
-        narrowed.get(&seg.path).cloned().unwrap_or(SegmentAccess::All)
+        narrowed.get(&seg.path).cloned().unwrap_or_else(SegmentScan::all)
     }))
 }

@@ -572,6 +572,100 @@ async fn term_indexes_narrow_a_segment_to_the_blocks_that_may_match() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_word_is_tested_only_against_the_columns_that_may_hold_it() {
+    let mut f = Fixture::new();
+    let t = |i: u64| T0 + i * 1000;
+    let block = sluice_store::BLOCK_ROWS;
+    // Segment 0: three blocks of events with a `trace` of 32 hex digits each (incompressible),
+    // the word in `msg` of one row of the middle block. Segment 1: the word in `action`, and in
+    // the raw text of a bad line. Segment 2: nowhere. Then one buffered event with the word in
+    // `level`.
+    let rows = 3 * block;
+    let needle_row = block + 7;
+    let seg0: Vec<String> = (0..rows)
+        .map(|i| {
+            // splitmix64 of the row, twice: 32 hex digits that do not repeat or compress.
+            let mix = |mut x: u64| {
+                x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                x ^ (x >> 31)
+            };
+            let trace = format!("{:016x}{:016x}", mix(i + 1), mix(!i));
+            let msg = if i == needle_row { "a wild okapi appears".to_string() } else { format!("request {i}") };
+            format!(r#"{{"time_ns":{},"level":"info","trace":"{trace}","msg":"{msg}"}}"#, t(i))
+        })
+        .collect();
+    let mut seg1: Vec<String> = (rows..rows + 50).map(|i| event(i, t(i))).collect();
+    seg1.push(format!(r#"{{"time_ns":{},"msg":"done","action":"feed the okapi"}}"#, t(rows + 60)));
+    seg1.push(format!(r#"{{"time_ns":{},"sluice_bad":"not_json","sluice_raw":"okapi raw text"}}"#, t(rows + 61)));
+    let seg2: Vec<String> = (rows + 100..rows + 150).map(|i| event(i, t(i))).collect();
+    for lines in [seg0, seg1, seg2] {
+        f.commit(&lines).await;
+        f.flush();
+    }
+    f.commit(&[format!(r#"{{"time_ns":{},"level":"okapi","msg":"buffered"}}"#, t(rows + 200))]).await;
+    let (in_msg, in_action, in_raw, in_level) = (t(needle_row), t(rows + 60), t(rows + 61), t(rows + 200));
+    // The open string columns every bare word is tested against.
+    let schema = f.store.schema();
+    let open: Vec<String> = schema
+        .fields()
+        .iter()
+        .filter(|c| c.data_type() == &DataType::Utf8)
+        .map(|c| c.name().clone())
+        .filter(|n| sluice_store::column_class(n) == sluice_store::ColumnClass::Open && n != "sluice_overflow")
+        .collect();
+    assert!(
+        ["msg", "action", "level", "trace", "sluice_source"].iter().all(|c| open.iter().any(|o| o == c)),
+        "{open:?}"
+    );
+    let at = |out: &sluice_sql::QueryOutput| {
+        let mut v = u64s(&out.batches, "time_ns");
+        v.sort();
+        v
+    };
+
+    let out = search_as(&f, "okapi", VIEWER).await;
+    assert_eq!(at(&out), vec![in_msg, in_action, in_level]);
+    // Two segments read, each tested against the one column that holds the word.
+    assert_eq!((out.stats.segments_read, out.stats.segments_skipped), (2, 1), "{:?}", out.stats);
+    assert_eq!(out.stats.columns_skipped, 2 * (open.len() as u64 - 1), "{:?}", out.stats);
+    // So in segment 0 the word reads what a test of `msg` alone reads: not the `trace` values of
+    // its block (64 KiB at 32 bytes a row), only the page of the matching row.
+    let in_seg0 = |q: &str| {
+        let req = SearchRequest { query: q.into(), since_ns: Some(t(0)), until_ns: Some(t(rows - 1)), limit: 10 };
+        let engine = f.engine.clone();
+        async move { engine.search(&req, VIEWER).await.unwrap() }
+    };
+    let (word, field) = (in_seg0("okapi").await, in_seg0("msg:\"a wild okapi appears\"").await);
+    assert_eq!((at(&word), at(&field)), (vec![in_msg], vec![in_msg]));
+    // The block, and the buffered row.
+    assert_eq!((word.stats.segments_read, word.stats.rows_scanned), (1, block + 1), "{:?}", word.stats);
+    assert!(word.stats.bytes_scanned < field.stats.bytes_scanned + 16 * 1024, "{:?} {:?}", word.stats, field.stats);
+    // A caller with the pii role also finds it in the bad line's text, which no column filter
+    // rules out.
+    let out = search_as(&f, "okapi", PII).await;
+    assert_eq!(at(&out), vec![in_msg, in_action, in_raw, in_level]);
+    assert_eq!(out.stats.columns_skipped, 2 * (open.len() as u64 - 1), "{:?}", out.stats);
+    // A phrase, an OR (which prunes no segment) and a negation give the same answers as
+    // without the column filter.
+    let out = search_as(&f, "\"wild okapi\"", VIEWER).await;
+    assert_eq!(at(&out), vec![in_msg]);
+    let out = search_as(&f, "okapi OR feed", VIEWER).await;
+    assert_eq!(at(&out), vec![in_msg, in_action, in_level]);
+    assert_eq!(out.stats.segments_skipped, 0, "{:?}", out.stats);
+    assert!(out.stats.columns_skipped >= 3 * (open.len() as u64 - 2), "{:?}", out.stats);
+    // A negation, past segment 0: segment 2 holds the word in no column (its test is FALSE).
+    let count = format!("SELECT count(*) AS n FROM events WHERE time_ns >= {}", t(rows));
+    let all = f.engine.sql(&count, VIEWER).await.unwrap();
+    let total = all.batches[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
+    let req = SearchRequest { query: "-okapi".into(), since_ns: Some(t(rows)), until_ns: None, limit: 10_000 };
+    let out = f.engine.search(&req, VIEWER).await.unwrap();
+    assert_eq!((total, out.rows() as u64), (103, 101), "the bad line's text is hidden from a viewer");
+    let out = search_as(&f, "okapi -feed", VIEWER).await;
+    assert_eq!(at(&out), vec![in_msg, in_level]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integer_literals_take_the_unsigned_type_of_the_column() {
     let mut f = Fixture::new();
     // Five minutes of one event a second: duration_ms = i % 100.

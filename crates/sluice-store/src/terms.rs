@@ -17,7 +17,7 @@
 //!
 //! | class | columns / overflow keys | where |
 //! |---|---|---|
-//! | open | every other string column, `sluice_source` included | token and 3-gram filters |
+//! | open | every other string column, `sluice_source` included | token, 3-gram and column filters |
 //! | hidden | `sluice_raw`, `sluice_raw_b64`, `sluice_bad_values`, overflow `sluice_unparsed` | restricted filter: tokens and 3-grams |
 //! | pii | names starting with `pii_` | restricted filter: (name, token) pairs |
 //! | not indexed | `sluice_stream`, `sluice_overflow` as a whole, non-string columns | — |
@@ -29,6 +29,11 @@
 //! `pii_*` values. Both therefore live in the restricted filter, which only a query run for a
 //! caller with the `pii` role may consult. When a segment holds hidden text, the open filters
 //! also hold the tokens and 3-grams of [`MASKED_TEXT`], which is what other callers see there.
+//!
+//! The column filter holds (column, token) pairs of the open string columns (and open overflow
+//! keys) for the whole segment: it answers "may column c of this segment hold token t?", so that a
+//! bare word, which is tested against every open string column, decodes only the columns of a
+//! segment that may hold it (sluice-sql leaves the others out of that segment's row filter).
 //!
 //! A bare word or phrase is absent from a segment if one of its tokens is absent:
 //! [`SegmentTerms::may_contain_words`] for everybody, plus
@@ -51,7 +56,8 @@
 //! set). Items: a token's UTF-8
 //! bytes; a 3-gram's three bytes; in the restricted filter, with seeds [`SEED_PII`],
 //! [`SEED_HIDDEN_TOKEN`] and [`SEED_HIDDEN_TRIGRAM`], `column 0xFF token` (0xFF never occurs in
-//! UTF-8), the token, or the three bytes.
+//! UTF-8), the token, or the three bytes; in the column filter, the token's hash mixed with the
+//! column name's (seed [`SEED_COLUMN`], [`column_item`]).
 //!
 //! # Blocks
 //!
@@ -73,18 +79,19 @@
 //! offset  size        field
 //! 0       8           magic "SLTERMS\0"
 //! 8       4           version (1)
-//! 12      4           filter count (3: tokens, 3-grams, restricted)
+//! 12      4           filter count (4: tokens, 3-grams, restricted, columns)
 //! 16      8           rows of the segment
 //! 24      8           rows per block (BLOCK_ROWS when written)
-//! 32      3 × 24      per filter: items u64 (distinct items inserted), hashes u32,
+//! 32      4 × 24      per filter: items u64 (distinct items inserted), hashes u32,
 //!                     flags u32 (bit 0: shrunk below the target rate by the cap), words u64
-//! 104     8 × words   the bit words of each filter in turn (bit i is bit i%64 of word i/64)
+//! 128     8 × words   the bit words of each filter in turn (bit i is bit i%64 of word i/64)
 //! end-4   4           crc32c of every byte before it
 //! ```
 //!
-//! A filter with no items has no words and contains nothing. Version 1 files (one item per token
-//! for the whole segment, no block field) are not read: their segments are searched without an
-//! index until a compaction rewrites them.
+//! A filter with no items has no words and contains nothing. Version 2 files are the same without
+//! the column filter (count 3, header 104 bytes): they are read, and answer "may hold" to every
+//! column. Version 1 files (one item per token for the whole segment, no block field) are not
+//! read: their segments are searched without an index until a compaction rewrites them.
 //!
 //! # Life cycle and crash safety
 //!
@@ -121,7 +128,9 @@ pub const TERMS_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Bytes of term indexes [`TermsCache`] keeps in memory by default.
 pub const TERMS_CACHE_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
 /// Version written; another version is not read (the segment is then searched without it).
-pub const TERMS_VERSION: u32 = 2;
+pub const TERMS_VERSION: u32 = 3;
+/// The previous version, still read: no column filter.
+const TERMS_VERSION_NO_COLUMNS: u32 = 2;
 /// Rows per block: tokens are indexed per block of this many rows of the segment (in the order
 /// they are written), so that a needle query reads only the blocks that may hold it. The segment
 /// writer cuts its data pages within blocks too, so a skipped block is skipped pages. A needle
@@ -134,9 +143,16 @@ pub const MASKED_TEXT: &str = "(hidden)";
 pub const SEED_PII: u64 = 1;
 pub const SEED_HIDDEN_TOKEN: u64 = 2;
 pub const SEED_HIDDEN_TRIGRAM: u64 = 3;
+/// Hash seed of a column name in the column filter's items (and of open values' repeat check).
+pub const SEED_COLUMN: u64 = 4;
 
 const MAGIC: [u8; 8] = *b"SLTERMS\0";
-const FILTERS: usize = 3;
+const FILTERS: usize = 4;
+/// Index of each filter.
+const OPEN_TOKENS: usize = 0;
+const OPEN_TRIGRAMS: usize = 1;
+const RESTRICTED: usize = 2;
+const COLUMNS: usize = 3;
 const FIXED_HEADER_BYTES: usize = 32;
 const HEADER_BYTES: usize = FIXED_HEADER_BYTES + FILTERS * 24;
 const CRC_BYTES: usize = 4;
@@ -342,10 +358,15 @@ pub struct TermsBuilder {
     open_trigrams: TrigramSet,
     /// Pii pairs and hidden tokens, already hashed with their seeds.
     restricted: HashValues,
+    /// (column, token) items of open values, for the whole segment.
+    column_tokens: HashValues,
+    /// The last column name seen and its hash (values come a column at a time).
+    column: (String, u64),
     hidden_trigrams: Option<TrigramSet>,
     seen: Vec<u64>,
     recent_open: Vec<u64>,
     recent_restricted: Vec<u64>,
+    recent_column: Vec<u64>,
     pair: Vec<u8>,
     lower: Vec<u8>,
     /// A value could not be read: every filter must answer "may contain".
@@ -367,10 +388,13 @@ impl TermsBuilder {
             open_tokens: HashValues::default(),
             open_trigrams: TrigramSet::new(),
             restricted: HashValues::default(),
+            column_tokens: HashValues::default(),
+            column: (String::new(), xxh3_64_with_seed(b"", SEED_COLUMN)),
             hidden_trigrams: None,
             seen: vec![0; SEEN_SLOTS],
             recent_open: vec![0; RECENT_SLOTS],
             recent_restricted: vec![0; RECENT_SLOTS],
+            recent_column: vec![0; RECENT_SLOTS],
             pair: Vec::new(),
             lower: Vec::new(),
             unreadable: false,
@@ -425,8 +449,13 @@ impl TermsBuilder {
     /// Index one string value of the column (or overflow key) `name` of class `class`, in the
     /// block of the last row added (the first block before any).
     pub fn add_value(&mut self, class: ColumnClass, name: &str, value: &str) {
+        if class == ColumnClass::Open && self.column.0 != name {
+            self.column = (name.to_owned(), xxh3_64_with_seed(name.as_bytes(), SEED_COLUMN));
+        }
+        let column = self.column.1;
         let seed = match class {
-            ColumnClass::Open => 0,
+            // The same value in another column adds that column's items.
+            ColumnClass::Open => column,
             ColumnClass::Hidden => SEED_HIDDEN_TOKEN,
             ColumnClass::Pii => SEED_PII ^ xxh3_64(name.as_bytes()),
             ColumnClass::NotIndexed => return,
@@ -444,7 +473,12 @@ impl TermsBuilder {
         match class {
             ColumnClass::Open => {
                 let (set, recent, grams) = (&mut self.open_tokens, &mut self.recent_open, &mut self.open_trigrams);
-                let on_token = |t: &[u8]| insert_hash(set, recent, block_item(xxh3_64(t), block));
+                let (columns, recent_column) = (&mut self.column_tokens, &mut self.recent_column);
+                let on_token = |t: &[u8]| {
+                    let h = xxh3_64(t);
+                    insert_hash(set, recent, block_item(h, block));
+                    insert_hash(columns, recent_column, column_item(h, column));
+                };
                 for_each_term(value, lower, true, on_token, |text| grams.insert_text(text));
             }
             ColumnClass::Hidden => {
@@ -485,32 +519,46 @@ impl TermsBuilder {
             }
         }
         let hidden_trigrams = self.hidden_trigrams.as_ref().map_or(0, TrigramSet::len);
-        let items =
-            [self.open_tokens.len() as u64, self.open_trigrams.len(), self.restricted.len() as u64 + hidden_trigrams];
+        let items = [
+            self.open_tokens.len() as u64,
+            self.open_trigrams.len(),
+            self.restricted.len() as u64 + hidden_trigrams,
+            self.column_tokens.len() as u64,
+        ];
         let mut filters = size_filters(items);
         for &h in &self.open_tokens {
-            filters[0].insert(h);
+            filters[OPEN_TOKENS].insert(h);
         }
         for g in self.open_trigrams.iter() {
-            filters[1].insert(xxh3_64(&g));
+            filters[OPEN_TRIGRAMS].insert(xxh3_64(&g));
         }
         for &h in &self.restricted {
-            filters[2].insert(h);
+            filters[RESTRICTED].insert(h);
         }
         if let Some(hidden) = &self.hidden_trigrams {
             for g in hidden.iter() {
-                filters[2].insert(xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM));
+                filters[RESTRICTED].insert(xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM));
             }
+        }
+        for &h in &self.column_tokens {
+            filters[COLUMNS].insert(h);
         }
         if self.unreadable {
             for f in &mut filters {
-                f.items = f.items.max(1);
-                f.hashes = f.hashes.max(1);
-                f.words = vec![u64::MAX; f.words.len().max(1)];
+                *f = Bloom::everything(f.words.len());
             }
         }
         encode(self.rows, &filters)
     }
+}
+
+/// The column filter's item for token hash `h` in the column whose name hashes to `column`
+/// (`xxh3_64_with_seed(name, SEED_COLUMN)`); mixed as [`block_item`] mixes.
+fn column_item(h: u64, column: u64) -> u64 {
+    let mut x = h ^ column.rotate_left(29);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// Mixed into a value's hash so that the same value in another block is indexed again.
@@ -625,6 +673,11 @@ struct Bloom {
 }
 
 impl Bloom {
+    /// A filter that holds everything, of `words` words (at least one).
+    fn everything(words: usize) -> Bloom {
+        Bloom { items: 1, hashes: 1, flags: 0, words: vec![u64::MAX; words.max(1)] }
+    }
+
     fn bits(&self) -> u64 {
         self.words.len() as u64 * 64
     }
@@ -713,6 +766,8 @@ pub struct TermsItems {
     pub trigrams: u64,
     /// Pii pairs, hidden tokens and hidden 3-grams.
     pub restricted: u64,
+    /// (column, token) pairs of open values (0 in a version 2 index, which has no column filter).
+    pub columns: u64,
 }
 
 /// The term index of one segment, loaded and verified; or, when it is unavailable, a stand-in
@@ -721,7 +776,8 @@ pub struct TermsItems {
 pub struct SegmentTerms {
     rows: u64,
     block_rows: u64,
-    /// `None`: unavailable, everything may be contained.
+    /// `None`: unavailable, everything may be contained. A version 2 index's column filter is
+    /// [`Bloom::everything`] with 0 items.
     filters: Option<[Bloom; FILTERS]>,
 }
 
@@ -739,7 +795,7 @@ impl SegmentTerms {
 
     /// Parse and verify a sidecar file's bytes; the error says what is wrong.
     pub fn from_bytes(data: &[u8]) -> Result<SegmentTerms, String> {
-        if data.len() < HEADER_BYTES + CRC_BYTES {
+        if data.len() < FIXED_HEADER_BYTES {
             return Err(format!("{} bytes is shorter than the header", data.len()));
         }
         if data[..8] != MAGIC {
@@ -748,11 +804,17 @@ impl SegmentTerms {
         let u32_at = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
         let version = u32_at(8);
-        if version != TERMS_VERSION {
-            return Err(format!("version {version} is not {TERMS_VERSION}"));
+        let count = match version {
+            TERMS_VERSION => FILTERS,
+            TERMS_VERSION_NO_COLUMNS => FILTERS - 1,
+            _ => return Err(format!("version {version} is not {TERMS_VERSION} or {TERMS_VERSION_NO_COLUMNS}")),
+        };
+        if u32_at(12) as usize != count {
+            return Err(format!("{} filters, expected {count} in version {version}", u32_at(12)));
         }
-        if u32_at(12) as usize != FILTERS {
-            return Err(format!("{} filters, expected {FILTERS}", u32_at(12)));
+        let header_bytes = FIXED_HEADER_BYTES + count * 24;
+        if data.len() < header_bytes + CRC_BYTES {
+            return Err(format!("{} bytes is shorter than the header", data.len()));
         }
         let (body, crc) = data.split_at(data.len() - CRC_BYTES);
         if crc32c::crc32c(body).to_le_bytes() != crc {
@@ -763,9 +825,9 @@ impl SegmentTerms {
         if block_rows == 0 {
             return Err("block rows 0".into());
         }
-        let mut at = HEADER_BYTES;
+        let mut at = header_bytes;
         let mut filters = Vec::with_capacity(FILTERS);
-        for i in 0..FILTERS {
+        for i in 0..count {
             let d = FIXED_HEADER_BYTES + i * 24;
             let (items, hashes, flags, words) = (u64_at(d), u32_at(d + 8), u32_at(d + 12), u64_at(d + 16));
             let bytes = words.checked_mul(8).filter(|b| *b <= (body.len() - at) as u64).ok_or("filter past the end")?;
@@ -779,6 +841,10 @@ impl SegmentTerms {
         }
         if at != body.len() {
             return Err(format!("{} bytes after the filters", body.len() - at));
+        }
+        if count < FILTERS {
+            // No column filter: every column may hold every token.
+            filters.push(Bloom { items: 0, ..Bloom::everything(1) });
         }
         let filters: [Bloom; FILTERS] = filters.try_into().expect("FILTERS filters were read");
         Ok(SegmentTerms { rows, block_rows, filters: Some(filters) })
@@ -797,7 +863,12 @@ impl SegmentTerms {
     /// Distinct items in each filter (all 0 when unavailable).
     pub fn items(&self) -> TermsItems {
         let n = |i: usize| self.filters.as_ref().map_or(0, |f| f[i].items);
-        TermsItems { tokens: n(0), trigrams: n(1), restricted: n(2) }
+        TermsItems {
+            tokens: n(OPEN_TOKENS),
+            trigrams: n(OPEN_TRIGRAMS),
+            restricted: n(RESTRICTED),
+            columns: n(COLUMNS),
+        }
     }
 
     /// Rows of the segment as the index recorded them (0 when unavailable).
@@ -842,7 +913,7 @@ impl SegmentTerms {
     /// The blocks in which an open value may hold this token (`None`: the index cannot tell, every
     /// block may). Row `r` of the segment is in block `r / block_rows()`.
     pub fn token_blocks_open(&self, normalized: &str) -> Option<Vec<bool>> {
-        self.token_blocks(0, xxh3_64(normalized.as_bytes()))
+        self.token_blocks(OPEN_TOKENS, xxh3_64(normalized.as_bytes()))
     }
 
     /// [`SegmentTerms::token_blocks_open`] for the `pii_*` column (or overflow key) `column`; only
@@ -850,19 +921,33 @@ impl SegmentTerms {
     pub fn token_blocks_pii(&self, column: &str, normalized: &str) -> Option<Vec<bool>> {
         let mut item = Vec::with_capacity(column.len() + 1 + normalized.len());
         pair_item(&mut item, column, normalized.as_bytes());
-        self.token_blocks(2, xxh3_64_with_seed(&item, SEED_PII))
+        self.token_blocks(RESTRICTED, xxh3_64_with_seed(&item, SEED_PII))
     }
 
     /// [`SegmentTerms::token_blocks_open`] for hidden values (original text of bad lines); only
     /// for a caller with the `pii` role.
     pub fn token_blocks_hidden(&self, normalized: &str) -> Option<Vec<bool>> {
-        self.token_blocks(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+        self.token_blocks(RESTRICTED, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+    }
+
+    /// May a value of the open string column `column` hold this token (one
+    /// [`sluice_query::tokens`] item after [`sluice_query::normalize`])? False means no value of
+    /// that column in this segment does. True when the index cannot tell (unavailable, version 2).
+    pub fn may_contain_column_token(&self, column: &str, normalized: &str) -> bool {
+        let c = xxh3_64_with_seed(column.as_bytes(), SEED_COLUMN);
+        self.check(COLUMNS, column_item(xxh3_64(normalized.as_bytes()), c))
+    }
+
+    /// May one value of the open string column `column` hold every token of `text` (a bare word
+    /// or phrase; split and normalised here)? True for text without tokens.
+    pub fn may_contain_column_words(&self, column: &str, text: &str) -> bool {
+        tokens(text).all(|t| self.may_contain_column_token(column, &normalize(t)))
     }
 
     /// May an open value hold this token? `normalized` is one [`sluice_query::tokens`] item
     /// after [`sluice_query::normalize`]. False means certainly not.
     pub fn may_contain_token(&self, normalized: &str) -> bool {
-        self.check_token(0, xxh3_64(normalized.as_bytes()))
+        self.check_token(OPEN_TOKENS, xxh3_64(normalized.as_bytes()))
     }
 
     /// May an open value hold every token of `text` (a bare word or phrase; tokens are split and
@@ -875,7 +960,7 @@ impl SegmentTerms {
     /// [`sluice_query::normalize`])? Every 3-gram must be present; text shorter than three bytes
     /// cannot be ruled out.
     pub fn may_contain_substring(&self, text: &str) -> bool {
-        trigrams(text).all(|g| self.check(1, xxh3_64(&g)))
+        trigrams(text).all(|g| self.check(OPEN_TRIGRAMS, xxh3_64(&g)))
     }
 
     /// May the `pii_*` column (or overflow key) `column` hold this normalized token? Only for a
@@ -883,7 +968,7 @@ impl SegmentTerms {
     pub fn may_contain_pii_token(&self, column: &str, normalized: &str) -> bool {
         let mut item = Vec::with_capacity(column.len() + 1 + normalized.len());
         pair_item(&mut item, column, normalized.as_bytes());
-        self.check_token(2, xxh3_64_with_seed(&item, SEED_PII))
+        self.check_token(RESTRICTED, xxh3_64_with_seed(&item, SEED_PII))
     }
 
     /// May `column`'s values hold every token of `value` (for `pii_x:value`)? Only for a caller
@@ -895,7 +980,7 @@ impl SegmentTerms {
     /// May a hidden value (original text of bad lines) hold this normalized token? Only for a
     /// caller with the `pii` role, whose bare words also search that text.
     pub fn may_contain_hidden_token(&self, normalized: &str) -> bool {
-        self.check_token(2, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
+        self.check_token(RESTRICTED, xxh3_64_with_seed(normalized.as_bytes(), SEED_HIDDEN_TOKEN))
     }
 
     /// [`SegmentTerms::may_contain_words`] for hidden values; only for a caller with the `pii` role.
@@ -906,7 +991,7 @@ impl SegmentTerms {
     /// [`SegmentTerms::may_contain_substring`] for hidden values; only for a caller with the `pii`
     /// role.
     pub fn may_contain_hidden_substring(&self, text: &str) -> bool {
-        trigrams(text).all(|g| self.check(2, xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM)))
+        trigrams(text).all(|g| self.check(RESTRICTED, xxh3_64_with_seed(&g, SEED_HIDDEN_TRIGRAM)))
     }
 
     /// Bytes the filters take in memory.
@@ -999,13 +1084,15 @@ mod tests {
         let data = b.finish();
         assert_eq!(&data[..8], b"SLTERMS\0");
         assert_eq!(u32::from_le_bytes(data[8..12].try_into().unwrap()), TERMS_VERSION);
-        assert_eq!(u32::from_le_bytes(data[12..16].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(data[12..16].try_into().unwrap()), 4);
         assert_eq!(u64::from_le_bytes(data[24..32].try_into().unwrap()), BLOCK_ROWS);
         let items = |i: usize| u64::from_le_bytes(data[32 + i * 24..40 + i * 24].try_into().unwrap());
         assert_eq!(items(0), 2, "two tokens");
         assert_eq!(items(1), 16, "distinct 3-grams of \"connection refused\"");
         assert_eq!(items(2), 1, "one pii pair");
+        assert_eq!(items(3), 2, "two (column, token) pairs");
         let t = SegmentTerms::from_bytes(&data).unwrap();
+        assert!(t.may_contain_column_words("msg", "connection REFUSED"));
         assert!(t.may_contain_token("connection") && t.may_contain_words("REFUSED"));
         assert!(t.may_contain_substring("ion ref") && t.may_contain_pii_token("pii_uid", "u577019"));
         for cut in [0, 10, data.len() - 1] {
@@ -1017,6 +1104,50 @@ mod tests {
         let mut v1 = data.to_vec();
         v1[8] = 1;
         assert!(SegmentTerms::from_bytes(&v1).unwrap_err().contains("version 1"));
+    }
+
+    /// The same index as version 2 wrote it: no column filter.
+    fn as_version_2(data: &[u8]) -> Vec<u8> {
+        let u64_at = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let words = |i: usize| u64_at(FIXED_HEADER_BYTES + i * 24 + 16) as usize;
+        let kept_words: usize = (0..FILTERS - 1).map(words).sum();
+        let mut out = data[..FIXED_HEADER_BYTES + (FILTERS - 1) * 24].to_vec();
+        out[8..12].copy_from_slice(&2u32.to_le_bytes());
+        out[12..16].copy_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&data[HEADER_BYTES..HEADER_BYTES + kept_words * 8]);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn the_column_filter_knows_which_column_holds_a_token() {
+        let mut b = TermsBuilder::new();
+        b.add_value(ColumnClass::Open, "message", "Scheduled quokka on the upstream");
+        b.add_value(ColumnClass::Open, "url", "/api/v1/orders");
+        // The same value in two columns: each column holds it.
+        b.add_value(ColumnClass::Open, "level", "ERROR");
+        b.add_value(ColumnClass::Open, "result", "ERROR");
+        b.add_value(ColumnClass::Hidden, "sluice_raw", "secret text");
+        b.add_value(ColumnClass::Pii, "pii_uid", "U577019");
+        let data = b.finish();
+        let t = SegmentTerms::from_bytes(&data).unwrap();
+        assert_eq!(t.items().columns, 10, "message 5, url 3, level 1, result 1");
+        assert!(
+            t.may_contain_column_words("message", "quokka") && t.may_contain_column_words("message", "the UPSTREAM")
+        );
+        assert!(!t.may_contain_column_words("url", "quokka") && !t.may_contain_column_words("level", "quokka"));
+        assert!(t.may_contain_column_words("url", "v1 orders") && !t.may_contain_column_words("url", "quokka orders"));
+        assert!(t.may_contain_column_token("level", "error") && t.may_contain_column_token("result", "error"));
+        for (column, token) in [("sluice_raw", "secret"), ("pii_uid", "u577019"), ("message", "secret")] {
+            assert!(!t.may_contain_column_token(column, token), "{column}: {token} is not open text");
+        }
+        // A version 2 index (no column filter) is read and rules no column out.
+        let v2 = SegmentTerms::from_bytes(&as_version_2(&data)).unwrap();
+        assert_eq!(v2.items().columns, 0);
+        assert!(v2.may_contain_column_words("url", "quokka") && v2.may_contain_token("quokka"));
+        assert!(!v2.may_contain_token("absent") && v2.token_blocks_open("quokka") == t.token_blocks_open("quokka"));
+        assert!(SegmentTerms::unavailable().may_contain_column_token("url", "quokka"));
     }
 
     #[test]
@@ -1062,6 +1193,7 @@ mod tests {
         let t = SegmentTerms::from_bytes(&b.finish()).unwrap();
         assert!(t.may_contain_token("anything") && t.may_contain_substring("anything"));
         assert!(t.may_contain_pii_token("pii_x", "y") && t.may_contain_hidden_token("z"));
+        assert!(t.may_contain_column_token("url", "anything"));
     }
 
     #[test]
@@ -1085,12 +1217,12 @@ mod tests {
 
     #[test]
     fn the_cap_shrinks_filters_instead_of_failing() {
-        let f = size_filters([100_000_000, 1_000, 0]);
+        let f = size_filters([100_000_000, 1_000, 0, 5_000]);
         let bytes: usize = f.iter().map(|b| b.words.len() * 8).sum();
         assert!(bytes <= TERMS_BYTES_MAX - HEADER_BYTES - CRC_BYTES, "{bytes}");
         assert_eq!(f[0].flags, FLAG_SHRUNK);
         assert!(f[2].words.is_empty() && f[2].hashes == 0);
-        let f = size_filters([1, 1000, 10]);
+        let f = size_filters([1, 1000, 10, 100]);
         assert_eq!(f[1].hashes, 10, "about 14.4 bits per item");
         assert!(f.iter().all(|b| b.flags == 0));
     }
