@@ -5,7 +5,7 @@ queried through its HTTP API, end to end.
 Measures, each the median of --runs runs of the same request (first run included in none: one
 warm-up run is made and dropped):
   - needle: one `pii_uid` value (search, pii token), one rare bare word (search);
-  - a filtered count over the last hour (the hour before the data set's largest time_ns);
+  - a filtered count over the last hour (the hour before the generated events' largest time_ns);
   - exact p99 (nearest rank) of duration_ms by rpc_method per minute;
   - top 10 url by count;
 each with segments read/skipped and the store's peak RSS during the query (VmHWM, reset before
@@ -234,8 +234,10 @@ def main():
         uid = next((u for u in candidates if counts.get(u, 0) <= UID_COUNT_MAX), candidates[0])
         word = "quokka" if args.events >= 5_000_000 else "pangolin"
         uid_n, word_n = reference(dirs, uid, word)
-        tmax = sql(listen, "SELECT max(time_ns) AS t FROM events WHERE sluice_source LIKE 'web-%'")["rows"][0]["t"]
-        web = "sluice_source IN ('web-0', 'web-1')"
+        # The data set is the generated events: not the supervisors' own (`sluice_origin` set),
+        # whose time_ns is the wall clock, hours after the generated timeline.
+        web = "sluice_source IN ('web-0', 'web-1') AND sluice_origin IS NULL"
+        tmax = sql(listen, f"SELECT max(time_ns) AS t FROM events WHERE {web}")["rows"][0]["t"]
         queries = [
             ("needle: one pii_uid (search)", lambda: search(listen, f'pii_uid:"{uid}"'),
              lambda o: len([r for r in o["rows"] if r["sluice_source"].startswith("web-")]) == uid_n),
