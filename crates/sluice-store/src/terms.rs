@@ -47,7 +47,7 @@
 //! # Sizing
 //!
 //! Each filter is sized from the number of distinct items counted while building: about 14.4 bits
-//! and 10 hash functions per item for a false-positive rate of [`FPR_TARGET`] (0.1%). The three
+//! and 10 hash functions per item for a false-positive rate of [`FPR_TARGET`] (0.1%). The four
 //! filters of one segment together take at most [`TERMS_BYTES_MAX`] bytes; beyond that every
 //! filter is shrunk in proportion, so the false-positive rate grows (about 3% at half the bits
 //! per item) but building never fails. The 3-gram filter's items are at most the 2^24 possible
@@ -57,7 +57,7 @@
 //! bytes; a 3-gram's three bytes; in the restricted filter, with seeds [`SEED_PII`],
 //! [`SEED_HIDDEN_TOKEN`] and [`SEED_HIDDEN_TRIGRAM`], `column 0xFF token` (0xFF never occurs in
 //! UTF-8), the token, or the three bytes; in the column filter, the token's hash mixed with the
-//! column name's (seed [`SEED_COLUMN`], [`column_item`]).
+//! column name's (seed [`SEED_COLUMN`], `column_item`).
 //!
 //! # Blocks
 //!
