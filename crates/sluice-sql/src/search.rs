@@ -70,12 +70,9 @@ pub fn words(q: &Query) -> Vec<Word> {
 /// columns among those the word is tested against (`searched_sql`); never hidden text, `pii_*`
 /// columns or the overflow, which that filter does not index.
 fn open_searched_columns(schema: &Schema) -> Vec<String> {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Utf8))
-        .map(|f| f.name().clone())
-        .filter(|n| n != COL_OVERFLOW && sluice_store::column_class(n) == sluice_store::ColumnClass::Open)
+    searched_columns(schema)
+        .filter(|n| sluice_store::column_class(n) == sluice_store::ColumnClass::Open)
+        .map(str::to_owned)
         .collect()
 }
 
@@ -107,19 +104,23 @@ pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<String, QueryE
 /// names do not start with `pii_` (as the masking view shows them, so that hidden bad-line text
 /// is searched only as masked), except `sluice_stream`, and the overflow's string values.
 fn searched_sql(schema: &Schema) -> Vec<String> {
-    let mut out: Vec<String> = schema
-        .fields()
-        .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Utf8))
-        .map(|f| f.name().as_str())
-        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW && !n.starts_with(PII_PREFIX))
-        .map(quote_ident)
-        .collect();
+    let mut out: Vec<String> = searched_columns(schema).map(quote_ident).collect();
     if schema.field_with_name(COL_OVERFLOW).is_ok() {
         // The overflow's string values, not its JSON text (see functions.rs).
         out.push(format!("{}({})", crate::functions::OVERFLOW_TEXT, quote_ident(COL_OVERFLOW)));
     }
     out
+}
+
+/// The string columns whose values bare words search: not `pii_*`, `sluice_stream` or the overflow
+/// (whose string values are searched apart, see `searched_sql`).
+fn searched_columns(schema: &Schema) -> impl Iterator<Item = &str> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Utf8))
+        .map(|f| f.name().as_str())
+        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW && !n.starts_with(PII_PREFIX))
 }
 
 /// The columns of `events`, quoted, for `SELECT` lists.
