@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Ingest benchmark: a pre-filled backlog on 4 supervisors, pulled by one `sluice store`.
 
-Reports, for the store alone (its process, from /proc): events/s and MB/s of raw JSON per
-CPU-second, peak RSS, and the bytes on disk per event after it stopped (everything under its
-data_dir: segments, write-ahead log, manifest), beside `zstd -19` of the same raw lines measured
-in the same run. Every figure is the median of --runs runs.
+Reports, for the store alone (its process): events/s and MB/s of raw JSON per CPU-second (the
+CPU of its whole life, its graceful stop's final flush included), peak RSS, and the bytes on disk
+per event after it stopped (everything under its data_dir: segments, write-ahead log, manifest),
+beside `zstd -19` of the same raw lines measured in the same run. Every figure is the median of --runs runs.
 
     python3 bench/ingest.py [--events 2000000] [--runs 3] [--smoke]
 """
@@ -143,11 +143,16 @@ def pull(exe, work, certs, sources, lines, name="store"):
             raise RuntimeError("store did not catch up within an hour")
         time.sleep(0.2)
     wall = time.perf_counter() - t0
-    cpu = proc_cpu_s(store.pid)
+    cpu_held = proc_cpu_s(store.pid)
     rss = peak_rss_mb(store.pid)
+    # The CPU of its whole life, up to its exit: a graceful stop flushes what is still buffered, and
+    # that work is part of ingesting it.
     store.terminate()
-    store.wait()
-    return dict(wall=wall, cpu=cpu, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir)
+    _, status, usage = os.wait4(store.pid, 0)
+    store.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir,
+                minflt=usage.ru_minflt)
 
 
 def one_run(exe, work, events, baselines):
@@ -161,7 +166,7 @@ def one_run(exe, work, events, baselines):
         raw_bytes += b
         raw_lines += n
     r = pull(exe, work, certs, sources, raw_lines)
-    wall, cpu, rss, disk = r["wall"], r["cpu"], r["rss"], r["disk"]
+    wall, cpu, cpu_held, rss, disk = r["wall"], r["cpu"], r["cpu_held"], r["rss"], r["disk"]
     for p in sups:
         p.terminate()
         p.wait()
@@ -179,7 +184,8 @@ def one_run(exe, work, events, baselines):
                                                capture_output=True).stdout)
         baselines["gzip"] = len(subprocess.run(["gzip", "-6", "-c", raw_all], check=True, capture_output=True).stdout)
     zstd_bytes, gzip_bytes = baselines["zstd"], baselines["gzip"]
-    return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, rss=rss, disk=disk, zstd=zstd_bytes, gzip=gzip_bytes)
+    return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=disk,
+                zstd=zstd_bytes, gzip=gzip_bytes)
 
 
 def main():
@@ -201,13 +207,15 @@ def main():
         finally:
             shutil.rmtree(work, ignore_errors=True)
     med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
-    lines, raw, wall, cpu, rss, disk, zstd, gz = (med(k) for k in
-                                                  ("lines", "raw", "wall", "cpu", "rss", "disk", "zstd", "gzip"))
+    lines, raw, wall, cpu, cpu_held, rss, disk, zstd, gz = (
+        med(k) for k in ("lines", "raw", "wall", "cpu", "cpu_held", "rss", "disk", "zstd", "gzip"))
     mbps_cpu = raw / 1e6 / cpu
     rows = [
         ("events/s (wall, until all held)", f"{lines / wall:,.0f}", "", ""),
         ("raw JSON MB/s per CPU-second of the store", f"{mbps_cpu:,.1f}", "≥ 150", "met" if mbps_cpu >= 150 else "NOT met"),
         ("events per CPU-second of the store", f"{lines / cpu:,.0f}", "", ""),
+        ("the same, CPU counted only until all were held (before the final flush)",
+         f"{raw / 1e6 / cpu_held:,.1f} MB/s", "", ""),
         ("peak RSS of the store, MB", f"{rss:,.0f}", "< 1024", "met" if rss < 1024 else "NOT met"),
         ("bytes on disk per event (all of data_dir)", f"{disk / lines:.1f}", "", ""),
         ("zstd -19 of the raw lines, bytes per event", f"{zstd / lines:.1f}", "", ""),

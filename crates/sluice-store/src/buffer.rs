@@ -262,20 +262,31 @@ struct Active {
     seq: UInt64Builder,
     overflow: StringBuilder,
     keys: Vec<Option<KeyCol>>,
+    /// Bytes of string values each key column (by registry index) held when the last batch was
+    /// frozen: the next builder of that key starts with room for as many (see [`string_builder`]).
+    key_bytes: Vec<usize>,
+}
+
+/// A string builder with room for [`FREEZE_ROWS`] values of `bytes` bytes in all, plus an eighth:
+/// the builders of the active rows are made anew at every freeze, and growing them from nothing
+/// would copy each value about once more and touch fresh memory at every doubling.
+fn string_builder(bytes: usize) -> StringBuilder {
+    StringBuilder::with_capacity(FREEZE_ROWS, bytes + bytes / 8)
 }
 
 impl Active {
     fn new() -> Active {
         Active {
             rows: 0,
-            time_ns: UInt64Builder::new(),
-            source: StringBuilder::new(),
-            stream: StringBuilder::new(),
-            received_ns: UInt64Builder::new(),
-            id: FixedSizeBinaryBuilder::new(16),
-            seq: UInt64Builder::new(),
-            overflow: StringBuilder::new(),
+            time_ns: UInt64Builder::with_capacity(FREEZE_ROWS),
+            source: string_builder(0),
+            stream: string_builder(0),
+            received_ns: UInt64Builder::with_capacity(FREEZE_ROWS),
+            id: FixedSizeBinaryBuilder::with_capacity(FREEZE_ROWS, 16),
+            seq: UInt64Builder::with_capacity(FREEZE_ROWS),
+            overflow: string_builder(0),
             keys: Vec::new(),
+            key_bytes: Vec::new(),
         }
     }
 
@@ -311,27 +322,37 @@ impl Active {
     fn finish(&mut self, registry: &Registry) -> RecordBatch {
         let rows = self.rows;
         let mut fields = fixed_fields();
+        let mut next = Active::new();
+        next.source = string_builder(self.source.values_slice().len());
+        next.stream = string_builder(self.stream.values_slice().len());
+        next.overflow = string_builder(self.overflow.values_slice().len());
+        next.key_bytes = std::mem::take(&mut self.key_bytes);
+        let mut done = std::mem::replace(self, next);
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(self.time_ns.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.stream.finish()),
-            Arc::new(self.received_ns.finish()),
-            Arc::new(self.id.finish()),
-            Arc::new(self.seq.finish()),
-            Arc::new(self.overflow.finish()),
+            Arc::new(done.time_ns.finish()),
+            Arc::new(done.source.finish()),
+            Arc::new(done.stream.finish()),
+            Arc::new(done.received_ns.finish()),
+            Arc::new(done.id.finish()),
+            Arc::new(done.seq.finish()),
+            Arc::new(done.overflow.finish()),
         ];
-        for (i, col) in self.keys.iter_mut().enumerate() {
+        for (i, col) in done.keys.iter_mut().enumerate() {
             let Some(col) = col else { continue };
             col.pad(rows);
             let (name, t) = &registry.keys()[i];
             fields.push(Field::new(name.as_ref(), t.data_type(), true));
             columns.push(match &mut col.data {
-                KeyData::Str(b) => Arc::new(b.finish()),
+                KeyData::Str(b) => {
+                    if self.key_bytes.len() <= i {
+                        self.key_bytes.resize(i + 1, 0);
+                    }
+                    self.key_bytes[i] = b.values_slice().len();
+                    Arc::new(b.finish())
+                }
                 KeyData::U64(b) => Arc::new(b.finish()),
             });
         }
-        self.keys.clear();
-        self.rows = 0;
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("every column has one value per row")
     }
 }
@@ -400,10 +421,11 @@ impl Buffer {
                     if a.keys.len() <= i {
                         a.keys.resize_with(i + 1, || None);
                     }
+                    let key_bytes = &a.key_bytes;
                     let col = a.keys[i].get_or_insert_with(|| KeyCol {
                         data: match t {
-                            KeyType::Utf8 => KeyData::Str(StringBuilder::new()),
-                            KeyType::Uint64 => KeyData::U64(UInt64Builder::new()),
+                            KeyType::Utf8 => KeyData::Str(string_builder(key_bytes.get(i).copied().unwrap_or(0))),
+                            KeyType::Uint64 => KeyData::U64(UInt64Builder::with_capacity(FREEZE_ROWS)),
                         },
                         len: 0,
                     });

@@ -322,7 +322,7 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let store = Store::open(cfg(dir.path())).unwrap();
-    // Events over three hours, out of time order within and across batches.
+    // Events over three hours, out of time order within and across batches, from two sources.
     let lines: Vec<String> = (0..300u64)
         .map(|i| {
             let t = T0 + (i * 7919 % 300) * HOUR_NS / 100;
@@ -332,7 +332,11 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
     let off = offsets(&lines);
     for part in 0..3 {
         let r = part * 100..(part + 1) * 100;
-        rt.block_on(store.commit(batch(5, "C", off[r.start], &lines[r], false))).unwrap();
+        let mut b = batch(5, "C", off[r.start], &lines[r], false);
+        if part == 1 {
+            b.source = Arc::from("src-0");
+        }
+        rt.block_on(store.commit(b)).unwrap();
     }
     let before = all_rows(&store);
     assert_eq!(store.flush().unwrap(), 300);
@@ -346,9 +350,12 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
         let batches = read_parquet(&dir.path().join(&seg.path));
         let seg_rows: Vec<Row> = batches.iter().flat_map(rows_of).collect();
         assert_eq!(seg_rows.len() as u64, seg.rows);
+        // Sorted by source, then time: each source's rows are one run.
+        let keys: Vec<(&str, u64)> = seg_rows.iter().map(|r| (r.source.as_str(), r.time_ns)).collect();
+        assert!(keys.windows(2).all(|w| w[0] <= w[1]), "rows sorted by (sluice_source, time_ns)");
+        assert_eq!((keys[0].0, keys.last().unwrap().0), ("src-0", "src-a"), "both sources in {}", seg.path);
         let times: Vec<u64> = seg_rows.iter().map(|r| r.time_ns).collect();
-        assert!(times.windows(2).all(|w| w[0] <= w[1]), "rows sorted by time_ns");
-        assert_eq!((times[0], *times.last().unwrap()), (seg.time_ns_min, seg.time_ns_max));
+        assert_eq!((*times.iter().min().unwrap(), *times.iter().max().unwrap()), (seg.time_ns_min, seg.time_ns_max));
         assert!(times.iter().all(|t| t / HOUR_NS == seg.partition_hour));
         let hour = format!("sluice_hour={:02}", seg.partition_hour % 24);
         assert!(seg.path.contains(&hour));
@@ -366,7 +373,7 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
         assert_eq!(r.id, id_of(5, "C", off[i], &lines[i]));
         assert_eq!(r.seq, i as u64 + 1);
         assert_eq!(r.stream, format!("{:032x}", 5));
-        assert_eq!(r.source, "src-a");
+        assert_eq!(r.source, if (100..200).contains(&i) { "src-0" } else { "src-a" });
     }
     // The WAL files before the flush are gone, and a restart replays nothing twice.
     drop(store);
