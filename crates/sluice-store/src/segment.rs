@@ -62,8 +62,6 @@ const DISTINCT_PERCENT_NO_DICTIONARY_MIN: (usize, usize) = (50, 100);
 pub const PAGE_ROWS: usize = 2048;
 /// Rows gathered into one Arrow batch at a time while writing, bounding the extra memory.
 const WRITE_SLICE_ROWS: usize = 64 * 1024;
-/// Shortest average run of consecutive rows for which [`gather`] copies slices.
-const GATHER_RUN_ROWS_MIN: usize = 16;
 const NS_PER_HOUR: u64 = 3_600_000_000_000;
 /// Positions of `time_ns` and `sluice_source` among the fixed columns, which every segment
 /// begins with.
@@ -174,7 +172,7 @@ fn mostly_distinct(batches: &[RecordBatch], column: usize) -> bool {
 ///
 /// Source first: each source's rows are then one run, in which the columns the store adds
 /// (source, stream, receive time, sequence number) hardly change from row to row and compress to
-/// almost nothing (47.1 → 43.2 bytes an event in `bench/ingest.py`), and a filter on the source
+/// almost nothing (about 2 bytes an event less than in time order), and a filter on the source
 /// prunes pages. Time order within the run keeps page statistics on `time_ns` narrow.
 fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)> {
     // Rank of each source name, in name order; looked up only where the name changes (rows of a
@@ -221,25 +219,6 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
         }
     }
     out
-}
-
-/// The rows `rows` (batch, row) of `batches` (all of one schema), in that order, as one batch.
-/// Sorted rows come in runs of consecutive rows of one batch (a commit's lines of one source), so
-/// runs are copied as whole slices, which is several times cheaper than picking row by row; when
-/// runs are shorter than [`GATHER_RUN_ROWS_MIN`] on average, rows are picked one by one.
-fn gather(batches: &[&RecordBatch], rows: &[(usize, usize)]) -> Result<RecordBatch, arrow_schema::ArrowError> {
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
-    for &(b, r) in rows {
-        match runs.last_mut() {
-            Some((rb, start, len)) if *rb == b && *start + *len == r => *len += 1,
-            _ => runs.push((b, r, 1)),
-        }
-    }
-    if runs.len() * GATHER_RUN_ROWS_MIN > rows.len() {
-        return arrow_select::interleave::interleave_record_batch(batches, rows);
-    }
-    let slices: Vec<RecordBatch> = runs.iter().map(|&(b, start, len)| batches[b].slice(start, len)).collect();
-    arrow_select::concat::concat_batches(&batches[0].schema(), &slices)
 }
 
 /// Write `batches` (any schemas whose columns are in `full`) as one segment per hour partition.
@@ -326,7 +305,7 @@ fn write_one(
     }
     let mut terms = TermsBuilder::new();
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
-        let batch = gather(&refs, slice).map_err(|e| perr(&e))?;
+        let batch = arrow_select::interleave::interleave_record_batch(&refs, slice).map_err(|e| perr(&e))?;
         terms.add_batch(&batch);
         writer.write(&batch).map_err(|e| perr(&e))?;
     }
@@ -445,39 +424,6 @@ mod tests {
         };
         assert!(share(600));
         assert!(!share(400));
-    }
-
-    #[test]
-    fn gather_gives_what_picking_row_by_row_gives() {
-        // Three batches of one schema; the second has nulls in `message` and both string arrays of
-        // the third are slices (offsets not starting at 0).
-        let mut with_nulls = rows(700);
-        let message: ArrayRef =
-            Arc::new(StringArray::from((0..700).map(|i| (i % 3 != 0).then(|| format!("m{i}"))).collect::<Vec<_>>()));
-        let idx = with_nulls.schema().index_of("message").unwrap();
-        let mut columns = with_nulls.columns().to_vec();
-        columns[idx] = message;
-        with_nulls = RecordBatch::try_new(with_nulls.schema(), columns).unwrap();
-        let batches = [rows(500), with_nulls, rows(900).slice(100, 800)];
-        let refs: Vec<&RecordBatch> = batches.iter().collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
-        for run_max in [1, 3, 40, 400] {
-            let mut picks = Vec::new();
-            while picks.len() < 3000 {
-                let b = next(3);
-                let len = 1 + next(run_max);
-                let start = next(batches[b].num_rows() - len.min(batches[b].num_rows()) + 1);
-                picks.extend((start..(start + len).min(batches[b].num_rows())).map(|r| (b, r)));
-            }
-            let want = arrow_select::interleave::interleave_record_batch(&refs, &picks).unwrap();
-            assert_eq!(gather(&refs, &picks).unwrap(), want, "runs of up to {run_max} rows");
-        }
     }
 
     #[test]
