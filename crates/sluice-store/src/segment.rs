@@ -172,7 +172,7 @@ fn mostly_distinct(batches: &[RecordBatch], column: usize) -> bool {
 ///
 /// Source first: each source's rows are then one run, in which the columns the store adds
 /// (source, stream, receive time, sequence number) hardly change from row to row and compress to
-/// almost nothing (about 2 bytes an event less than in time order), and a filter on the source
+/// almost nothing (47.1 → 43.2 bytes an event in `bench/ingest.py`), and a filter on the source
 /// prunes pages. Time order within the run keeps page statistics on `time_ns` narrow.
 fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)> {
     // Rank of each source name, in name order; looked up only where the name changes (rows of a
