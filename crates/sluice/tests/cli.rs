@@ -577,6 +577,16 @@ fn store_takes_newest_events_first_after_a_source_outage() {
     let tls_args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let script = format!("{exe} gen --rate 200 --count 400; exec sleep 3600");
     let sup = Supervisor::start(&data, &tls_args, &["sh", "-c", &script]);
+    // Until the live child has written all its events, the backlog is not yet everything there is.
+    wait_until("the live events are written", || {
+        let generated: usize = chunks(&sup.data_dir)
+            .iter()
+            .map(|(_, bytes, _)| {
+                bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty() && !contains(l, b"\"sluice_origin\"")).count()
+            })
+            .sum();
+        generated >= 60_400
+    });
     wait_until("the backlog completes", || {
         let want = expected_ids(&sup.data_dir).len() as f64;
         let held = store.metric("sluice_store_rows_in_segments").unwrap_or(0.0)

@@ -378,8 +378,11 @@ pub fn expected_ids_while(data_dir: &Path, mut keep: impl FnMut(&[u8]) -> bool) 
 /// result row as its values joined by tabs. No live segment: no rows.
 pub fn duckdb_query(store_dir: &Path, sql: &str) -> Vec<String> {
     let script = r#"
-import duckdb, json, sys
+import duckdb, json, os, sys
 d = sys.argv[1]
+# No manifest yet: the store has not flushed once, so no segment is live.
+if not os.path.exists(d + "/manifest.json"):
+    sys.exit(0)
 m = json.load(open(d + "/manifest.json"))
 paths = [d + "/" + s["path"] for s in m["segments"]]
 if not paths:
