@@ -5,6 +5,8 @@ Reports, for the store alone (its process): events/s and MB/s of raw JSON per CP
 CPU of its whole life, its graceful stop's final flush included), peak RSS, and the bytes on disk
 per event after it stopped (everything under its data_dir: segments, write-ahead log, manifest),
 beside `zstd -19` of the same raw lines measured in the same run. Every figure is the median of --runs runs.
+Then the bytes on disk by part (each Parquet column, term indexes, WAL; per column only with DuckDB
+installed) of the last run.
 
     python3 bench/ingest.py [--events 2000000] [--runs 3] [--smoke]
 """
@@ -82,6 +84,36 @@ def du(path):
     return total
 
 
+def breakdown(store_dir):
+    """Bytes of a stopped store's data dir by part: each Parquet column of the segments (through
+    DuckDB's parquet_metadata, if DuckDB is installed: pip install duckdb), term indexes, WAL, the
+    rest. Returns [(part, bytes)], largest first."""
+    files = {"term indexes (.terms)": 0, "write-ahead log": 0, "segments (.parquet)": 0, "manifest and other": 0}
+    for root, _, names in os.walk(store_dir):
+        for n in names:
+            size = os.path.getsize(os.path.join(root, n))
+            if n.endswith(".terms"):
+                files["term indexes (.terms)"] += size
+            elif n.endswith(".parquet"):
+                files["segments (.parquet)"] += size
+            elif os.path.basename(root) == "wal":
+                files["write-ahead log"] += size
+            else:
+                files["manifest and other"] += size
+    try:
+        import duckdb
+    except ImportError:
+        return sorted(files.items(), key=lambda kv: -kv[1])
+    glob = os.path.join(store_dir, "segments", "**", "*.parquet")
+    columns = duckdb.sql(f"SELECT path_in_schema, sum(total_compressed_size) FROM parquet_metadata('{glob}') "
+                         "GROUP BY 1").fetchall()
+    in_columns = sum(b for _, b in columns)
+    parts = [(f"column {name}", b) for name, b in columns]
+    parts.append(("segments: footers and page indexes", files.pop("segments (.parquet)") - in_columns))
+    parts += files.items()
+    return sorted(parts, key=lambda kv: -kv[1])
+
+
 def prefill(exe, work, commands):
     """Runs each command under its own supervisor until it exits; returns their data dirs."""
     dirs = []
@@ -152,7 +184,7 @@ def pull(exe, work, certs, sources, lines, name="store"):
     store.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
     return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir,
-                minflt=usage.ru_minflt)
+                minflt=usage.ru_minflt, parts=breakdown(store_dir))
 
 
 def one_run(exe, work, events, baselines):
@@ -185,7 +217,7 @@ def one_run(exe, work, events, baselines):
         baselines["gzip"] = len(subprocess.run(["gzip", "-6", "-c", raw_all], check=True, capture_output=True).stdout)
     zstd_bytes, gzip_bytes = baselines["zstd"], baselines["gzip"]
     return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=disk,
-                zstd=zstd_bytes, gzip=gzip_bytes)
+                zstd=zstd_bytes, gzip=gzip_bytes, parts=r["parts"])
 
 
 def main():
@@ -231,6 +263,18 @@ def main():
     print("|---|---|---|---|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    # Where the bytes are, in the last run (the runs differ by a fraction of a percent).
+    parts = runs[-1]["parts"]
+    shown = parts[:10]
+    rest = sum(b for _, b in parts[10:])
+    print()
+    print(f"Bytes on disk by part, last run (the {len(parts) - len(shown)} smallest of {len(parts)} parts on one row):")
+    print()
+    print("| part | bytes per event | share |")
+    print("|---|---:|---:|")
+    total = sum(b for _, b in parts)
+    for name, b in shown + ([(f"the other {len(parts) - len(shown)}", rest)] if rest else []):
+        print(f"| {name} | {b / lines:.2f} | {100 * b / total:.1f}% |")
 
 
 if __name__ == "__main__":
