@@ -105,6 +105,8 @@ def breakdown(store_dir):
     except ImportError:
         return sorted(files.items(), key=lambda kv: -kv[1])
     glob = os.path.join(store_dir, "segments", "**", "*.parquet")
+    if not files["segments (.parquet)"]:
+        return sorted(files.items(), key=lambda kv: -kv[1])
     columns = duckdb.sql(f"SELECT path_in_schema, sum(total_compressed_size) FROM parquet_metadata('{glob}') "
                          "GROUP BY 1").fetchall()
     in_columns = sum(b for _, b in columns)
@@ -184,7 +186,7 @@ def pull(exe, work, certs, sources, lines, name="store"):
     store.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
     return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir,
-                minflt=usage.ru_minflt, parts=breakdown(store_dir))
+                minflt=usage.ru_minflt)
 
 
 def one_run(exe, work, events, baselines):
@@ -217,7 +219,7 @@ def one_run(exe, work, events, baselines):
         baselines["gzip"] = len(subprocess.run(["gzip", "-6", "-c", raw_all], check=True, capture_output=True).stdout)
     zstd_bytes, gzip_bytes = baselines["zstd"], baselines["gzip"]
     return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, cpu_held=cpu_held, rss=rss, disk=disk,
-                zstd=zstd_bytes, gzip=gzip_bytes, parts=r["parts"])
+                zstd=zstd_bytes, gzip=gzip_bytes, parts=breakdown(r["store_dir"]))
 
 
 def main():
