@@ -226,10 +226,10 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
 /// The rows `rows` (batch, row) of `batches` (all of one schema), in that order, as one batch.
 ///
 /// Sorted rows come in runs of consecutive rows of one batch (a commit's lines of one source, in
-/// time order), so each column is built by copying whole runs (`MutableArrayData::extend`, one
-/// offset rebase and one copy of the values per run) rather than picking row by row as
-/// `interleave` does. No slice arrays are made: a run costs a few calls per column, whatever its
-/// length (runs of one row cost about what `interleave` costs).
+/// time order), so each column is built by copying whole runs (`MutableArrayData::try_extend`:
+/// one offset rebase and one copy of the values per run) rather than picking row by row as
+/// `interleave` does: 9% less store CPU in `bench/ingest.py` (BENCHMARKS.md, ingest "J"). No
+/// slice arrays are made, so a run costs a few calls per column whatever its length.
 fn gather(batches: &[&RecordBatch], rows: &[(usize, usize)]) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut runs: Vec<(usize, usize, usize)> = Vec::new();
     for &(b, r) in rows {

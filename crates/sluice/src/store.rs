@@ -246,7 +246,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// megabytes of buffers per flush; the allocator returns freed pages to the kernel, and with huge
 /// pages every first touch of fresh memory then makes the kernel zero a whole 2 MiB page, however
 /// little of it is used. In `bench/ingest.py` that zeroing was a quarter of the store's CPU; without
-/// huge pages the store used 23% less CPU and a fifth less peak memory (BENCHMARKS.md, ingest "I").
+/// huge pages the store used 21% less CPU and a fifth less peak memory (BENCHMARKS.md, ingest "I").
 /// Where the kernel refuses, the store says so once and runs as before.
 fn refuse_transparent_huge_pages() {
     // SAFETY: prctl with PR_SET_THP_DISABLE reads only its integer arguments.
