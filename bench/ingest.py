@@ -103,10 +103,10 @@ def breakdown(store_dir):
     try:
         import duckdb
     except ImportError:
+        duckdb = None
+    if duckdb is None or not files["segments (.parquet)"]:
         return sorted(files.items(), key=lambda kv: -kv[1])
     glob = os.path.join(store_dir, "segments", "**", "*.parquet")
-    if not files["segments (.parquet)"]:
-        return sorted(files.items(), key=lambda kv: -kv[1])
     columns = duckdb.sql(f"SELECT path_in_schema, sum(total_compressed_size) FROM parquet_metadata('{glob}') "
                          "GROUP BY 1").fetchall()
     in_columns = sum(b for _, b in columns)

@@ -295,3 +295,21 @@ fn chunks_discarded_before_fetch_are_counted_lost_once_and_the_rest_is_stored() 
     let discards: u64 = discards.first().expect("a count").parse().unwrap();
     assert!(discards >= 1, "the supervisor's retention_discard events are stored");
 }
+
+#[test]
+fn the_store_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path());
+    // A source nobody serves: the store starts and keeps retrying it, which is all this needs.
+    let config = write_store_config(dir.path(), &certs, "", &[("none".into(), "127.0.0.1:9".into())]);
+    let mut store = StoreProc::start(&config);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", store.child.id())).unwrap();
+    store.signal(libc::SIGTERM);
+    assert_eq!(store.wait(), 0);
+    // Kernels before 6.x do not print the field; where it is printed it must say off.
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    } else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+    }
+}
