@@ -69,6 +69,12 @@ pub fn render(store: &StoreStats, pull: &PullMetrics) -> String {
         c(store.chunks_lost),
     );
     one("sluice_store_rows_buffered", "gauge", "Events in the in-memory buffer.", c(store.rows_buffered));
+    one(
+        "sluice_store_buffer_bytes",
+        "gauge",
+        "Memory of the in-memory buffer (Arrow arrays).",
+        c(store.bytes_buffered),
+    );
     one("sluice_store_rows_in_segments", "gauge", "Events in live segments.", c(store.rows_in_segments));
     one("sluice_store_wal_bytes", "gauge", "Bytes in the write-ahead log.", c(store.wal_bytes));
     one("sluice_store_segments", "gauge", "Live segments.", c(store.segments));

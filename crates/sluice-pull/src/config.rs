@@ -17,9 +17,10 @@
 //! flush_rows_max = 500000            # buffered events that trigger a flush into segments
 //! flush_age_max = "60s"              # oldest buffered event's age that triggers a flush
 //! buffer_rows_max = 2000000          # commits wait while the buffer holds this many events
+//! buffer_bytes_max = "512MiB"        # … or this much memory; a flush starts at half of it
 //! compact_segment_bytes_small = "32MiB"  # segments below this are merged by compaction
 //! compact_inputs_min = 4             # small segments of one hour that trigger a compaction
-//! compact_rows_max = 1000000         # most events one compaction merges (held in memory)
+//! compact_rows_max = 1000000         # most events one compaction merges
 //! keys_max = 1000                    # distinct keys with a column; later ones go to overflow
 //! flush_zstd_level = 3               # 1 to 22
 //! compact_zstd_level = 3             # 1 to 22
@@ -116,6 +117,7 @@ pub struct StoreFileConfig {
     pub flush_age_max: Option<Written>,
     pub buffer_rows_max: Option<usize>,
     pub compact_segment_bytes_small: Option<Written>,
+    pub buffer_bytes_max: Option<Written>,
     pub compact_inputs_min: Option<usize>,
     pub compact_rows_max: Option<u64>,
     pub keys_max: Option<usize>,
@@ -283,6 +285,7 @@ struct RawFile {
     flush_age_max: Option<Spanned<String>>,
     buffer_rows_max: Option<Spanned<i64>>,
     compact_segment_bytes_small: Option<Spanned<String>>,
+    buffer_bytes_max: Option<Spanned<String>>,
     compact_inputs_min: Option<Spanned<i64>>,
     compact_rows_max: Option<Spanned<i64>>,
     keys_max: Option<Spanned<i64>>,
@@ -419,6 +422,7 @@ impl StoreFileConfig {
         let flush_age_max = written(&raw.flush_age_max, "flush_age_max", "60s")?;
         let compact_segment_bytes_small =
             written(&raw.compact_segment_bytes_small, "compact_segment_bytes_small", "32MiB")?;
+        let buffer_bytes_max = written(&raw.buffer_bytes_max, "buffer_bytes_max", "512MiB")?;
 
         let tls = match &raw.tls {
             Some(tls) => {
@@ -511,6 +515,7 @@ impl StoreFileConfig {
             flush_age_max,
             buffer_rows_max,
             compact_segment_bytes_small,
+            buffer_bytes_max,
             compact_inputs_min,
             compact_rows_max,
             keys_max,
@@ -677,6 +682,7 @@ compact_rows_max = 50000
 keys_max = 10
 flush_zstd_level = 1
 compact_zstd_level = 22
+buffer_bytes_max = "64MiB"
 [api]
 tls_cert = "api.pem"
 tls_key = "api.key"
@@ -703,6 +709,7 @@ fingerprint = "{FP}"
         assert_eq!(c.retention_bytes_max, written("50GB", 5));
         assert_eq!(c.flush_age_max, written("2s", 7));
         assert_eq!(c.compact_segment_bytes_small, written("1MiB", 9));
+        assert_eq!(c.buffer_bytes_max, written("64MiB", 15));
         assert_eq!(
             (c.flush_rows_max, c.buffer_rows_max, c.compact_inputs_min, c.compact_rows_max, c.keys_max),
             (Some(1000), Some(4000), Some(2), Some(50_000), Some(10))

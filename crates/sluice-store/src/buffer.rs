@@ -366,10 +366,19 @@ pub struct Buffer {
     aligned_to: Option<SchemaRef>,
     active: Active,
     rows: usize,
+    /// Memory of `frozen` (Arrow arrays as allocated).
+    frozen_bytes: usize,
+    /// Estimated memory of the active rows: their line bytes plus [`ACTIVE_ROW_BYTES`] each.
+    active_bytes: usize,
     first_row_at: Option<Instant>,
     parsed: Parsed,
     overflow: String,
 }
+
+/// Estimated memory of an active row beside its line's bytes: the fixed columns (time, source,
+/// stream, receive time, id, seq, overflow) and a few offsets. The estimate lasts only until the
+/// next freeze ([`FREEZE_ROWS`] rows), which measures the real size.
+const ACTIVE_ROW_BYTES: usize = 128;
 
 impl Default for Buffer {
     fn default() -> Self {
@@ -379,6 +388,8 @@ impl Default for Buffer {
             aligned_to: None,
             active: Active::new(),
             rows: 0,
+            frozen_bytes: 0,
+            active_bytes: 0,
             first_row_at: None,
             parsed: Parsed::default(),
             overflow: String::new(),
@@ -389,6 +400,11 @@ impl Default for Buffer {
 impl Buffer {
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Memory the buffered rows take (frozen batches as allocated, active rows estimated).
+    pub fn bytes(&self) -> usize {
+        self.frozen_bytes + self.active_bytes
     }
 
     /// When the oldest row still here was added.
@@ -478,11 +494,14 @@ impl Buffer {
         a.seq.append_value(meta.seq);
         a.rows += 1;
         self.rows += 1;
+        self.active_bytes += line.len() + ACTIVE_ROW_BYTES;
         if self.first_row_at.is_none() {
             self.first_row_at = Some(Instant::now());
         }
         if a.rows >= FREEZE_ROWS {
             let batch = a.finish(registry);
+            self.frozen_bytes += batch.get_array_memory_size();
+            self.active_bytes = 0;
             self.frozen.push(batch);
         }
         counts
@@ -527,6 +546,8 @@ impl Buffer {
             self.frozen.push(batch);
         }
         self.rows = 0;
+        self.frozen_bytes = 0;
+        self.active_bytes = 0;
         self.first_row_at = None;
         self.aligned.clear();
         std::mem::take(&mut self.frozen)
@@ -538,6 +559,7 @@ impl Buffer {
         if rows == 0 {
             return;
         }
+        self.frozen_bytes += batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>();
         batches.append(&mut self.frozen);
         self.frozen = batches;
         self.aligned.clear();
@@ -702,6 +724,26 @@ mod tests {
         assert_eq!(buf.rows(), 0);
         let seqs: Vec<u64> = taken.iter().flat_map(|b| col::<UInt64Array>(b, COL_SEQ).values().to_vec()).collect();
         assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bytes_follow_the_rows_held() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        let value = "v".repeat(1000);
+        let n = FREEZE_ROWS + 10;
+        for i in 0..n {
+            let line = format!(r#"{{"time_ns":{i},"text":"{value}"}}"#);
+            buf.push_line(&mut reg, line.as_bytes(), &meta(i as u64));
+        }
+        let held = buf.bytes();
+        assert!(held >= n * 1000, "{held} bytes for {n} rows of 1000-byte values");
+        assert!(held <= n * 1400, "{held} bytes for {n} rows of 1000-byte values");
+        let taken = buf.take(&reg);
+        assert_eq!(buf.bytes(), 0);
+        let frozen: usize = taken.iter().map(|b| b.get_array_memory_size()).sum();
+        buf.put_back(taken);
+        assert_eq!(buf.bytes(), frozen);
     }
 
     #[test]

@@ -57,8 +57,12 @@
 //!
 //! # Memory bounds
 //!
-//! - Buffer: flushed at `flush_rows_max` rows or `flush_age_max`; commits wait while it holds
-//!   `buffer_rows_max` rows (with the background maintenance running).
+//! - Buffer: flushed at `flush_rows_max` rows, at half of `buffer_bytes_max` bytes of Arrow
+//!   arrays or at `flush_age_max`; commits wait while it holds `buffer_rows_max` rows or
+//!   `buffer_bytes_max` bytes, counting the rows being flushed (with the background maintenance
+//!   running). An empty buffer always takes a commit.
+//! - Compaction: streams its inputs (one input's file and a few slices of rows decoded at a
+//!   time), whatever `compact_rows_max`.
 //! - De-duplication: one progress entry (about 100 bytes) per (stream, chunk) touched within
 //!   `retention_age_max`; older entries are forgotten at the next flush. With the supervisor's
 //!   10-minute chunks that is at most sources × (4,320 + bytes received in the window / chunk
@@ -111,12 +115,18 @@ pub const FLUSH_ROWS_MAX_DEFAULT: usize = 500_000;
 pub const FLUSH_AGE_MAX_DEFAULT: Duration = Duration::from_secs(60);
 /// Default buffer size at which commits wait for a flush.
 pub const BUFFER_ROWS_MAX_DEFAULT: usize = 2_000_000;
+/// Default memory of the buffer (rows being flushed included) at which commits wait; a flush
+/// starts at half of it. About 1,000,000 typical generated events (~500 bytes each as Arrow
+/// arrays, with their mostly-null key columns).
+pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
+/// The least `buffer_bytes_max` the store accepts.
+pub const BUFFER_BYTES_MAX_MIN: u64 = 16 * 1024 * 1024;
 /// Default size below which a segment is a compaction candidate.
 pub const COMPACT_SEGMENT_BYTES_SMALL_DEFAULT: u64 = 32 * 1024 * 1024;
 /// Default number of small segments of one partition that triggers a compaction.
 pub const COMPACT_INPUTS_MIN_DEFAULT: usize = 4;
-/// Default largest number of rows one compaction merges: it holds them decoded in memory
-/// (about 250 bytes a row for typical events).
+/// Default largest number of rows one compaction merges (it streams them: its memory does not
+/// grow with this).
 pub const COMPACT_ROWS_MAX_DEFAULT: u64 = 1_000_000;
 /// Default cap of distinct keys (columns); later keys go to the overflow column.
 pub const KEYS_MAX_DEFAULT: usize = 1000;
@@ -143,6 +153,9 @@ pub struct StoreConfig {
     pub flush_age_max: Duration,
     /// Commits wait while the buffer holds this many rows (only with `maintenance`).
     pub buffer_rows_max: usize,
+    /// Commits wait while the buffer (with the rows being flushed) holds this many bytes of Arrow
+    /// arrays (only with `maintenance`); a flush starts at half of it.
+    pub buffer_bytes_max: u64,
     pub compact_segment_bytes_small: u64,
     pub compact_inputs_min: usize,
     pub compact_rows_max: u64,
@@ -171,6 +184,7 @@ impl StoreConfig {
             flush_rows_max: FLUSH_ROWS_MAX_DEFAULT,
             flush_age_max: FLUSH_AGE_MAX_DEFAULT,
             buffer_rows_max: BUFFER_ROWS_MAX_DEFAULT,
+            buffer_bytes_max: BUFFER_BYTES_MAX_DEFAULT,
             compact_segment_bytes_small: COMPACT_SEGMENT_BYTES_SMALL_DEFAULT,
             compact_inputs_min: COMPACT_INPUTS_MIN_DEFAULT,
             compact_rows_max: COMPACT_ROWS_MAX_DEFAULT,
@@ -230,6 +244,8 @@ pub struct StoreStats {
     pub rows_committed_by_source: std::collections::BTreeMap<Arc<str>, u64>,
     /// Events in the buffer (including a flush in progress).
     pub rows_buffered: u64,
+    /// Memory of the buffered rows (Arrow arrays, rows being flushed included).
+    pub bytes_buffered: u64,
     /// Events in live segments.
     pub rows_in_segments: u64,
     /// Lines skipped because their offset was already committed.
@@ -323,6 +339,8 @@ struct State {
     buffer: Buffer,
     /// Rows taken by a flush in progress: still visible to queries until the manifest lists them.
     flushing: Vec<RecordBatch>,
+    /// Memory of `flushing`.
+    flushing_bytes: usize,
     progress: HashMap<u128, HashMap<Arc<str>, Progress>>,
     manifest: Manifest,
     manifest_bytes: u64,
@@ -416,6 +434,7 @@ impl Store {
             registry,
             buffer: Buffer::default(),
             flushing: Vec::new(),
+            flushing_bytes: 0,
             progress,
             manifest_bytes,
             manifest,
@@ -531,6 +550,7 @@ impl Store {
         let s = lock(&self.inner.state);
         let mut st = s.stats.clone();
         st.rows_buffered = (s.buffer.rows() + s.flushing.iter().map(|b| b.num_rows()).sum::<usize>()) as u64;
+        st.bytes_buffered = (s.buffer.bytes() + s.flushing_bytes) as u64;
         st.rows_in_segments = s.manifest.segments.iter().map(|m| m.rows).sum();
         st.wal_bytes = s.wal.bytes();
         st.segments = s.manifest.segments.len() as u64;
@@ -671,7 +691,9 @@ async fn commit(inner: &Arc<Inner>, batch: Batch) -> Result<CommitOutcome, Store
                     return Err(StoreError::Poisoned(p.clone()));
                 }
                 let rows = s.buffer.rows() + s.flushing.iter().map(|b| b.num_rows()).sum::<usize>();
-                if rows < inner.cfg.buffer_rows_max {
+                let bytes = (s.buffer.bytes() + s.flushing_bytes) as u64;
+                // An empty buffer always takes a commit, however large.
+                if rows == 0 || (rows < inner.cfg.buffer_rows_max && bytes < inner.cfg.buffer_bytes_max) {
                     break;
                 }
             }
@@ -841,12 +863,18 @@ fn sync_and_apply(inner: &Inner) {
         }
     }
     s.syncing = false;
-    let flush_due = s.buffer.rows() >= inner.cfg.flush_rows_max;
+    let flush_due = flush_due(&s.buffer, &inner.cfg);
     drop(guard);
     inner.applied.send_modify(|_| {});
     if flush_due {
         inner.wake.1.notify_all();
     }
+}
+
+/// Whether the buffer is big enough to flush now: `flush_rows_max` rows, or half of
+/// `buffer_bytes_max` (so that commits go on into the other half while it is written).
+fn flush_due(buffer: &buffer::Buffer, cfg: &StoreConfig) -> bool {
+    buffer.rows() >= cfg.flush_rows_max || buffer.bytes() as u64 >= cfg.buffer_bytes_max / 2
 }
 
 /// Apply a durable commit record: its lines into the buffer (if `to_buffer`) and its progress.
@@ -990,6 +1018,7 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
         };
         let batches = s.buffer.take(&s.registry);
         s.flushing = batches.clone();
+        s.flushing_bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
         // Forget chunks untouched for the retention window (see "Memory bounds").
         for chunks in s.progress.values_mut() {
             chunks.retain(|_, p| p.updated_ns >= cutoff || p.reserved != p.durable);
@@ -1036,6 +1065,7 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
         s.manifest = next;
         s.manifest_bytes = bytes;
         s.flushing.clear();
+        s.flushing_bytes = 0;
         s.stats.flushes += 1;
         s.wal.delete_below(delete_below)?;
         Ok(())
@@ -1045,6 +1075,7 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
         if s.poisoned.is_none() {
             // A real I/O failure: keep the rows buffered and try again later.
             let batches = std::mem::take(&mut s.flushing);
+            s.flushing_bytes = 0;
             s.buffer.put_back(batches);
         }
         return Err(e);
@@ -1097,24 +1128,17 @@ fn compact(inner: &Inner) -> Result<usize, StoreError> {
     let mut next = manifest.clone();
     let mut doomed = Vec::new();
     for group in &groups {
-        let mut batches = Vec::new();
-        for seg in group {
-            batches.extend(segment::read_segment(inner.objects.as_ref(), &seg.path)?);
-        }
-        let present: Vec<SchemaRef> = batches.iter().map(|b| b.schema()).collect();
-        let schema = segment::union_schema(&full, &present);
-        let metas = segment::write_segments(
+        let meta = segment::merge_segments(
             inner.objects.as_ref(),
             Some(&inner.cfg.data_dir),
-            &batches,
-            &schema,
+            group,
+            &full,
             &mut next.segment_counter,
             inner.cfg.compact_zstd_level,
         )?;
-        debug_assert_eq!(metas.len(), 1, "inputs of one partition make one output");
         let paths: std::collections::HashSet<&str> = group.iter().map(|g| g.path.as_str()).collect();
         next.segments.retain(|s| !paths.contains(s.path.as_str()));
-        next.segments.extend(metas);
+        next.segments.push(meta);
         doomed.extend(group.iter().map(|g| g.path.clone()));
     }
     poison_on(inner, FailPoint::CompactAfterOutput)?;
@@ -1183,17 +1207,16 @@ fn maintenance_loop(inner: &Inner) {
                 return;
             }
         }
-        let (rows, first_at, poisoned) = {
+        let (rows, full, first_at, poisoned) = {
             let s = lock(&inner.state);
-            (s.buffer.rows(), s.buffer.first_row_at(), s.poisoned.is_some())
+            (s.buffer.rows(), flush_due(&s.buffer, &inner.cfg), s.buffer.first_row_at(), s.poisoned.is_some())
         };
         if poisoned {
             // Commits waiting for buffer space must see the failure rather than wait forever.
             inner.buffer_space.notify_waiters();
             return;
         }
-        let flush_due = rows >= inner.cfg.flush_rows_max
-            || (rows > 0 && first_at.is_some_and(|t| t.elapsed() >= inner.cfg.flush_age_max));
+        let flush_due = full || (rows > 0 && first_at.is_some_and(|t| t.elapsed() >= inner.cfg.flush_age_max));
         let mut result = Ok(());
         if flush_due {
             result = flush(inner).map(|_| ());

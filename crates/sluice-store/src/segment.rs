@@ -315,7 +315,7 @@ fn write_one(
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
     let schema = batches[0].schema();
     let props = properties(batches, zstd_level);
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| perr(&e))?;
+    let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| perr(&e))?;
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let col = |b: &RecordBatch, name: &str| -> UInt64Array {
         b.column_by_name(name).expect("fixed column").as_primitive::<UInt64Type>().clone()
@@ -344,18 +344,223 @@ fn write_one(
         meta.received_ns_min = meta.received_ns_min.min(v);
         meta.received_ns_max = meta.received_ns_max.max(v);
     }
-    let mut terms = TermsBuilder::new();
+    let mut out = SegmentOut { path, writer, terms: TermsBuilder::new() };
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
-        let batch = gather(&refs, slice).map_err(|e| perr(&e))?;
-        terms.add_batch(&batch);
-        writer.write(&batch).map_err(|e| perr(&e))?;
+        out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
-    let data = Bytes::from(writer.into_inner().map_err(|e| perr(&e))?);
-    meta.bytes = data.len() as u64;
-    // The term index goes first: like the segment, it must be durable before a manifest lists it.
-    put(store, local_root, &terms_path(path), terms.finish())?;
-    put(store, local_root, path, data)?;
+    meta.bytes = out.finish(store, local_root)?;
     Ok(meta)
+}
+
+/// A segment being written: its Parquet writer and its term index.
+struct SegmentOut<'a> {
+    path: &'a str,
+    writer: ArrowWriter<Vec<u8>>,
+    terms: TermsBuilder,
+}
+
+impl SegmentOut<'_> {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
+        self.terms.add_batch(batch);
+        self.writer
+            .write(batch)
+            .map_err(|e| SegmentError::Parquet { path: self.path.to_string(), reason: e.to_string() })
+    }
+
+    /// Put the term index, then the segment (both durable); returns the segment's size.
+    fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<u64, SegmentError> {
+        let data = Bytes::from(
+            self.writer
+                .into_inner()
+                .map_err(|e| SegmentError::Parquet { path: self.path.to_string(), reason: e.to_string() })?,
+        );
+        let bytes = data.len() as u64;
+        // The term index goes first: like the segment, it must be durable before a manifest lists it.
+        put(store, local_root, &terms_path(self.path), self.terms.finish())?;
+        put(store, local_root, self.path, data)?;
+        Ok(bytes)
+    }
+}
+
+/// Rows decoded at a time from each input of a compaction.
+const MERGE_READ_ROWS: usize = 8 * 1024;
+
+/// One input of a compaction: its batches decoded one at a time, and where its next row is.
+struct MergeInput {
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    path: String,
+    /// Index of the current batch in the merge's `loaded`, and the next row in it.
+    batch: usize,
+    row: usize,
+    rows: usize,
+}
+
+/// Merge segments `inputs` (each sorted by source, then time; all of the partition `hour`) into
+/// one segment, sorted the same way, with ties in input order. Streams: each input's file is held
+/// compressed and decoded [`MERGE_READ_ROWS`] rows at a time, and the output is gathered and
+/// written [`WRITE_SLICE_ROWS`] rows at a time, so memory does not grow with the rows merged.
+/// `metas` are the inputs' manifest entries (for the output's ranges).
+pub fn merge_segments(
+    store: &dyn ObjectStore,
+    local_root: Option<&Path>,
+    inputs: &[SegmentMeta],
+    full: &SchemaRef,
+    next_counter: &mut u64,
+    zstd_level: i32,
+) -> Result<SegmentMeta, SegmentError> {
+    let hour = inputs.first().map_or(0, |m| m.partition_hour);
+    let mut readers = Vec::with_capacity(inputs.len());
+    let mut present = Vec::with_capacity(inputs.len());
+    for m in inputs {
+        let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: m.path.clone(), reason: e.to_string() };
+        let data = block_on(async { store.get(&ObjectPath::from(m.path.as_str())).await?.bytes().await })
+            .map_err(|source| SegmentError::Store { path: m.path.clone(), source })?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| perr(&e))?;
+        present.push(builder.schema().clone());
+        readers.push(builder.with_batch_size(MERGE_READ_ROWS).build().map_err(|e| perr(&e))?);
+    }
+    let schema = union_schema(full, &present);
+    // Batches read and not yet written out; `None` once released.
+    let mut loaded: Vec<Option<RecordBatch>> = Vec::new();
+    let mut merge: Vec<MergeInput> = Vec::with_capacity(inputs.len());
+    for (reader, m) in readers.into_iter().zip(inputs) {
+        merge.push(MergeInput { reader, path: m.path.clone(), batch: usize::MAX, row: 0, rows: 0 });
+    }
+    // The first batch of every input (also the sample for the writer's dictionary choices).
+    for input in &mut merge {
+        next_batch(input, &mut loaded, &schema)?;
+    }
+    let first: Vec<RecordBatch> = merge.iter().filter_map(|i| loaded.get(i.batch).cloned().flatten()).collect();
+    *next_counter += 1;
+    let path = segment_path(hour, *next_counter);
+    let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.clone(), reason: e.to_string() };
+    let props = properties(&first, zstd_level);
+    let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| perr(&e))?;
+    let mut out = SegmentOut { path: &path, writer, terms: TermsBuilder::new() };
+
+    // Min-heap of the inputs' next rows by (source, time, input).
+    let key = |loaded: &[Option<RecordBatch>], input: &MergeInput| -> (String, u64) {
+        let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
+        let src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row).to_string();
+        (src, b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row))
+    };
+    let mut heap = std::collections::BinaryHeap::new();
+    for (i, input) in merge.iter().enumerate() {
+        if input.rows > 0 {
+            let (src, t) = key(&loaded, input);
+            heap.push(std::cmp::Reverse((src, t, i)));
+        }
+    }
+    let mut picked: Vec<(usize, usize)> = Vec::with_capacity(WRITE_SLICE_ROWS);
+    let mut rows = 0u64;
+    while let Some(std::cmp::Reverse((mut src, _, i))) = heap.pop() {
+        // Take rows of input i while they sort before every other input's next row.
+        loop {
+            let input = &mut merge[i];
+            picked.push((input.batch, input.row));
+            rows += 1;
+            input.row += 1;
+            if input.row == input.rows && !next_batch(input, &mut loaded, &schema)? {
+                break;
+            }
+            let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
+            let next_src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row);
+            let next_t = b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row);
+            if next_src != src {
+                src.clear();
+                src.push_str(next_src);
+            }
+            let t = next_t;
+            if picked.len() == WRITE_SLICE_ROWS {
+                write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
+            }
+            if heap.peek().is_some_and(|std::cmp::Reverse(top)| (&src, t, i) > (&top.0, top.1, top.2)) {
+                heap.push(std::cmp::Reverse((src, t, i)));
+                break;
+            }
+        }
+        if picked.len() >= WRITE_SLICE_ROWS {
+            write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
+        }
+    }
+    if !picked.is_empty() {
+        write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
+    }
+    let meta = SegmentMeta {
+        path: path.clone(),
+        partition_hour: hour,
+        rows,
+        bytes: out.finish(store, local_root)?,
+        time_ns_min: inputs.iter().map(|m| m.time_ns_min).min().unwrap_or(0),
+        time_ns_max: inputs.iter().map(|m| m.time_ns_max).max().unwrap_or(0),
+        seq_min: inputs.iter().map(|m| m.seq_min).min().unwrap_or(0),
+        seq_max: inputs.iter().map(|m| m.seq_max).max().unwrap_or(0),
+        received_ns_min: inputs.iter().map(|m| m.received_ns_min).min().unwrap_or(0),
+        received_ns_max: inputs.iter().map(|m| m.received_ns_max).max().unwrap_or(0),
+    };
+    let expected: u64 = inputs.iter().map(|m| m.rows).sum();
+    if rows != expected {
+        return Err(SegmentError::Parquet {
+            path,
+            reason: format!("compaction read {rows} rows from inputs whose manifest entries count {expected}"),
+        });
+    }
+    Ok(meta)
+}
+
+/// Load `input`'s next non-empty batch (aligned to `schema`) into `loaded`; false at its end.
+fn next_batch(
+    input: &mut MergeInput,
+    loaded: &mut Vec<Option<RecordBatch>>,
+    schema: &SchemaRef,
+) -> Result<bool, SegmentError> {
+    for b in input.reader.by_ref() {
+        let b = b.map_err(|e| SegmentError::Parquet { path: input.path.clone(), reason: e.to_string() })?;
+        if b.num_rows() == 0 {
+            continue;
+        }
+        input.rows = b.num_rows();
+        input.row = 0;
+        input.batch = loaded.len();
+        loaded.push(Some(align(&b, schema)));
+        return Ok(true);
+    }
+    input.rows = 0;
+    input.row = 0;
+    Ok(false)
+}
+
+/// Gather the `picked` (loaded batch, row) pairs, write them, and release the batches no input is
+/// still reading.
+fn write_picked(
+    out: &mut SegmentOut<'_>,
+    loaded: &mut [Option<RecordBatch>],
+    picked: &mut Vec<(usize, usize)>,
+    merge: &[MergeInput],
+) -> Result<(), SegmentError> {
+    let mut local: BTreeMap<usize, usize> = BTreeMap::new();
+    for &(b, _) in picked.iter() {
+        let n = local.len();
+        local.entry(b).or_insert(n);
+    }
+    let mut refs: Vec<&RecordBatch> = vec![];
+    let mut order: Vec<(usize, usize)> = local.iter().map(|(&g, &l)| (l, g)).collect();
+    order.sort_unstable();
+    for &(_, g) in &order {
+        refs.push(loaded[g].as_ref().expect("picked rows are of loaded batches"));
+    }
+    let rows: Vec<(usize, usize)> = picked.iter().map(|&(b, r)| (local[&b], r)).collect();
+    let batch = gather(&refs, &rows)
+        .map_err(|e| SegmentError::Parquet { path: out.path.to_string(), reason: e.to_string() })?;
+    out.write(&batch)?;
+    picked.clear();
+    let current: HashSet<usize> = merge.iter().filter(|i| i.rows > 0).map(|i| i.batch).collect();
+    for (g, _) in local {
+        if !current.contains(&g) {
+            loaded[g] = None;
+        }
+    }
+    Ok(())
 }
 
 /// Put a whole object; on the local file system also fsync it and its directory.
@@ -530,6 +735,64 @@ mod tests {
         let order = UInt64Array::from((0..5000).step_by(2).chain((1..5000).step_by(2)).collect::<Vec<u64>>());
         let expected = arrow_select::take::take_record_batch(&b, &order).unwrap();
         assert_eq!(arrow_select::concat::concat_batches(&b.schema(), &back).unwrap(), expected);
+    }
+
+    /// `rows(n)` with times spread over one hour (ties included), seqs and ids from `first`, and
+    /// key columns varied: input 1 has no `level`, input 2 an extra integer column.
+    fn merge_input(k: u64, n: u64) -> RecordBatch {
+        let b = rows(n);
+        let t0 = 1_795_410_000_000_000_000u64;
+        let first = k * 1_000_000;
+        let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut columns = b.columns().to_vec();
+        columns[0] = Arc::new(UInt64Array::from((0..n).map(|i| t0 + (i * 7919 + k * 13) % 50_000).collect::<Vec<_>>()));
+        columns[4] =
+            Arc::new(FixedSizeBinaryArray::try_from_iter((0..n).map(|i| u128::from(first + i).to_be_bytes())).unwrap());
+        columns[5] = Arc::new(UInt64Array::from((first..first + n).collect::<Vec<_>>()));
+        if k == 1 {
+            fields.remove(7);
+            columns.remove(7);
+        }
+        if k == 2 {
+            fields.push(Field::new("extra", DataType::UInt64, true));
+            columns.push(Arc::new(UInt64Array::from((0..n).map(|i| (i % 5 != 0).then_some(i)).collect::<Vec<_>>())));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn merging_segments_gives_what_sorting_all_their_rows_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        // Inputs larger than a read batch and, together, than a write slice.
+        let inputs: Vec<RecordBatch> =
+            [40_000, 3, 30_000, 9_000].iter().enumerate().map(|(k, &n)| merge_input(k as u64, n)).collect();
+        // Every column: input 2 has them all.
+        let full = merge_input(2, 1).schema();
+        let mut counter = 0;
+        let mut metas = Vec::new();
+        for b in &inputs {
+            metas.extend(
+                write_segments(&store, Some(dir.path()), std::slice::from_ref(b), &full, &mut counter, 3).unwrap(),
+            );
+        }
+        assert_eq!(metas.len(), inputs.len());
+        let merged = merge_segments(&store, Some(dir.path()), &metas, &full, &mut counter, 3).unwrap();
+        let want = write_segments(&store, Some(dir.path()), &inputs, &full, &mut counter, 3).unwrap();
+        assert_eq!(want.len(), 1);
+        let read = |path: &str| {
+            let b = read_segment(&store, path).unwrap();
+            arrow_select::concat::concat_batches(&b[0].schema(), &b).unwrap()
+        };
+        assert_eq!(read(&merged.path), read(&want[0].path));
+        let mut m = merged.clone();
+        m.path = want[0].path.clone();
+        m.bytes = want[0].bytes;
+        assert_eq!(m, want[0], "manifest entry: rows and ranges");
+        let file = std::fs::File::open(dir.path().join(&merged.path)).unwrap();
+        let reader = SerializedFileReader::new(file).unwrap();
+        let sorting = reader.metadata().row_group(0).sorting_columns().unwrap();
+        assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), [1, 0], "declared sorted by source, time");
     }
 
     #[test]

@@ -596,6 +596,35 @@ fn background_maintenance_flushes_at_the_row_threshold() {
     store.close().unwrap();
 }
 
+#[test]
+fn the_buffer_is_bounded_by_bytes_and_flushes_at_half_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = StoreConfig::new(dir.path());
+    c.buffer_bytes_max = 16 * 1024 * 1024;
+    c.flush_rows_max = 10_000_000;
+    c.flush_age_max = std::time::Duration::from_secs(3600);
+    let store = Store::open(c).unwrap();
+    // 48 MB of events, three times the bound, in batches of 200 lines of ~2 KB: far below the
+    // row threshold, so only the byte bound can flush them.
+    let pad = "x".repeat(2000);
+    let lines: Vec<String> =
+        (0..24_000).map(|i| format!(r#"{{"time_ns":{},"text":"{pad}","n":{i}}}"#, T0 + i as u64 * 1_000_000)).collect();
+    let off = offsets(&lines);
+    let mut peak = 0u64;
+    for start in (0..lines.len()).step_by(200) {
+        let r = start..start + 200;
+        rt.block_on(store.commit(batch(13, "C", off[r.start], &lines[r], false))).unwrap();
+        peak = peak.max(store.stats().bytes_buffered);
+    }
+    // A commit is let in below the bound, so the buffer may pass it by one batch (~420 KB).
+    assert!(peak <= 16 * 1024 * 1024 + 1024 * 1024, "buffer held {peak} bytes");
+    assert!(peak >= 4 * 1024 * 1024, "buffer held only {peak} bytes: is it measured?");
+    assert!(!store.manifest().segments.is_empty(), "flushed by bytes");
+    assert_eq!(all_rows(&store).len(), lines.len());
+    store.close().unwrap();
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Commit lines [from, from+len) of chunk `chunk` (of 4: two streams × two chunks).

@@ -24,7 +24,7 @@ use sluice_pull::config::{
     KEYS_MAX_LIMITS,
 };
 use sluice_pull::{PullMetrics, StoreFileConfig};
-use sluice_store::{FailPoint, Store, StoreConfig};
+use sluice_store::{FailPoint, Store, StoreConfig, BUFFER_BYTES_MAX_MIN};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::units::{parse_bytes, parse_duration};
@@ -45,9 +45,10 @@ retention_bytes_max = \"100GiB\"   # total size of the live segments\n  \
 flush_rows_max = 500000          # buffered events that trigger a flush into segments\n  \
 flush_age_max = \"60s\"            # oldest buffered event's age that triggers a flush\n  \
 buffer_rows_max = 2000000        # commits wait while the buffer holds this many events\n  \
+buffer_bytes_max = \"512MiB\"      # ... or this much memory; a flush starts at half of it\n  \
 compact_segment_bytes_small = \"32MiB\"  # smaller segments are merged by compaction\n  \
 compact_inputs_min = 4           # small segments of one hour that trigger a compaction\n  \
-compact_rows_max = 1000000       # most events one compaction merges (held in memory)\n  \
+compact_rows_max = 1000000       # most events one compaction merges\n  \
 keys_max = 1000                  # distinct keys with a column; later ones go to overflow\n  \
 flush_zstd_level = 3             # 1 to 22\n  \
 compact_zstd_level = 3           # 1 to 22\n  \
@@ -92,13 +93,17 @@ pub struct Args {
     /// Overrides `buffer_rows_max`: commits wait while the buffer holds this many events.
     #[arg(long, env = "SLUICE_STORE_BUFFER_ROWS_MAX", value_name = "N", value_parser = in_range::<usize>(BUFFER_ROWS_MAX_LIMITS))]
     buffer_rows_max: Option<usize>,
+    /// Overrides `buffer_bytes_max`: commits wait while the buffer holds this much memory (e.g.
+    /// 512MiB); a flush starts at half of it.
+    #[arg(long, env = "SLUICE_STORE_BUFFER_BYTES_MAX", value_name = "BYTES", value_parser = parse_bytes)]
+    buffer_bytes_max: Option<u64>,
     /// Overrides `compact_segment_bytes_small`: segments below this size are merged (e.g. 32MiB).
     #[arg(long, env = "SLUICE_STORE_COMPACT_SEGMENT_BYTES_SMALL", value_name = "BYTES", value_parser = parse_bytes)]
     compact_segment_bytes_small: Option<u64>,
     /// Overrides `compact_inputs_min`: small segments of one hour that trigger a compaction.
     #[arg(long, env = "SLUICE_STORE_COMPACT_INPUTS_MIN", value_name = "N", value_parser = in_range::<usize>(COMPACT_INPUTS_MIN_LIMITS))]
     compact_inputs_min: Option<usize>,
-    /// Overrides `compact_rows_max`: the most events one compaction merges (held in memory).
+    /// Overrides `compact_rows_max`: the most events one compaction merges.
     #[arg(long, env = "SLUICE_STORE_COMPACT_ROWS_MAX", value_name = "N", value_parser = in_range::<u64>(COMPACT_ROWS_MAX_LIMITS))]
     compact_rows_max: Option<u64>,
     /// Overrides `keys_max`: distinct keys with a column; later keys go to the overflow column.
@@ -191,6 +196,8 @@ fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfi
         parse_bytes,
     )?
     .unwrap_or(c.compact_segment_bytes_small);
+    c.buffer_bytes_max = setting(args.buffer_bytes_max, &cfg.buffer_bytes_max, path, "buffer_bytes_max", parse_bytes)?
+        .unwrap_or(c.buffer_bytes_max);
     c.flush_rows_max = args.flush_rows_max.or(cfg.flush_rows_max).unwrap_or(c.flush_rows_max);
     c.buffer_rows_max = args.buffer_rows_max.or(cfg.buffer_rows_max).unwrap_or(c.buffer_rows_max);
     c.compact_inputs_min = args.compact_inputs_min.or(cfg.compact_inputs_min).unwrap_or(c.compact_inputs_min);
@@ -205,6 +212,14 @@ fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfi
         c.buffer_rows_max,
         c.flush_rows_max,
         path.display()
+    );
+    anyhow::ensure!(
+        c.buffer_bytes_max >= BUFFER_BYTES_MAX_MIN,
+        "buffer_bytes_max {} (from {} and the flags) is below the least the store can work with, {} bytes \
+         (16MiB); raise it",
+        c.buffer_bytes_max,
+        path.display(),
+        BUFFER_BYTES_MAX_MIN
     );
     c.abort_at = crash_point()?;
     Ok(c)
