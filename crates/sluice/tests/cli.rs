@@ -272,6 +272,13 @@ const REFUSED_STARTS: &[RefusedStart] = &[
         says: "compact_segment_bytes_small: unknown size unit",
     },
     RefusedStart {
+        file: "",
+        args: &[],
+        env: &[("SLUICE_STORE_BUFFER_BYTES_MAX", "1MiB")],
+        line: None,
+        says: "buffer_bytes_max 1048576 (from",
+    },
+    RefusedStart {
         file: "flush_zstd_level = 30\n",
         args: &[],
         env: &[],
