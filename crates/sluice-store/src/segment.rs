@@ -399,7 +399,8 @@ struct MergeInput {
 /// one segment, sorted the same way, with ties in input order. Streams: each input's file is held
 /// compressed and decoded [`MERGE_READ_ROWS`] rows at a time, and the output is gathered and
 /// written [`WRITE_SLICE_ROWS`] rows at a time, so memory does not grow with the rows merged.
-/// `metas` are the inputs' manifest entries (for the output's ranges).
+/// `inputs` are the manifest entries of the segments (the output's ranges come from them). Inputs
+/// that hold another number of rows than their entries say are an error, and nothing is written.
 pub fn merge_segments(
     store: &dyn ObjectStore,
     local_root: Option<&Path>,
@@ -486,6 +487,13 @@ pub fn merge_segments(
     if !picked.is_empty() {
         write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
     }
+    let expected: u64 = inputs.iter().map(|m| m.rows).sum();
+    if rows != expected {
+        return Err(SegmentError::Parquet {
+            path: path.clone(),
+            reason: format!("compaction read {rows} rows from inputs whose manifest entries count {expected}"),
+        });
+    }
     let meta = SegmentMeta {
         path: path.clone(),
         partition_hour: hour,
@@ -498,13 +506,6 @@ pub fn merge_segments(
         received_ns_min: inputs.iter().map(|m| m.received_ns_min).min().unwrap_or(0),
         received_ns_max: inputs.iter().map(|m| m.received_ns_max).max().unwrap_or(0),
     };
-    let expected: u64 = inputs.iter().map(|m| m.rows).sum();
-    if rows != expected {
-        return Err(SegmentError::Parquet {
-            path,
-            reason: format!("compaction read {rows} rows from inputs whose manifest entries count {expected}"),
-        });
-    }
     Ok(meta)
 }
 
@@ -760,6 +761,19 @@ mod tests {
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
     }
 
+    fn walk(d: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
     #[test]
     fn merging_segments_gives_what_sorting_all_their_rows_gives() {
         let dir = tempfile::tempdir().unwrap();
@@ -791,6 +805,14 @@ mod tests {
         assert_eq!(m, want[0], "manifest entry: rows and ranges");
         let file = std::fs::File::open(dir.path().join(&merged.path)).unwrap();
         let reader = SerializedFileReader::new(file).unwrap();
+        // Inputs that disagree with their manifest entries: refused, and nothing written.
+        let files = |d: &Path| walk(d).len();
+        let before = files(dir.path());
+        let mut wrong = metas.clone();
+        wrong[0].rows += 1;
+        let err = merge_segments(&store, Some(dir.path()), &wrong, &full, &mut counter, 3).unwrap_err();
+        assert!(err.to_string().contains("compaction read 79003 rows"), "{err}");
+        assert_eq!(files(dir.path()), before);
         let sorting = reader.metadata().row_group(0).sorting_columns().unwrap();
         assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), [1, 0], "declared sorted by source, time");
     }
