@@ -164,15 +164,38 @@ pub fn fixed_fields() -> Vec<Field> {
 
 /// The same rows with `schema`'s columns: columns missing from `batch` are all null. Every
 /// column of `batch` must be in `schema` with the same type.
+///
+/// The missing columns of one type share one all-null array, so a batch that lacks most of
+/// `keys_max` keys (a flood of distinct keys elsewhere in the buffer) costs two arrays, not one per
+/// key. Columns are looked up in order (both are in registry order), by name only when that fails,
+/// so aligning is linear in the columns.
 pub fn align(batch: &RecordBatch, schema: &SchemaRef) -> RecordBatch {
     if batch.schema() == *schema {
         return batch.clone();
     }
     let rows = batch.num_rows();
+    let have = batch.schema();
+    let mut next = 0;
+    let mut nulls: Vec<(&DataType, ArrayRef)> = Vec::new();
     let columns: Vec<ArrayRef> = schema
         .fields()
         .iter()
-        .map(|f| batch.column_by_name(f.name()).cloned().unwrap_or_else(|| new_null_array(f.data_type(), rows)))
+        .map(|f| {
+            let found = if have.fields().get(next).is_some_and(|h| h.name() == f.name()) {
+                next += 1;
+                Some(batch.column(next - 1).clone())
+            } else {
+                batch.column_by_name(f.name()).cloned()
+            };
+            found.unwrap_or_else(|| match nulls.iter().find(|(t, _)| *t == f.data_type()) {
+                Some((_, a)) => a.clone(),
+                None => {
+                    let a = new_null_array(f.data_type(), rows);
+                    nulls.push((f.data_type(), a.clone()));
+                    a
+                }
+            })
+        })
         .collect();
     RecordBatch::try_new(schema.clone(), columns).expect("aligned columns match the schema they were built from")
 }
@@ -744,6 +767,41 @@ mod tests {
         let frozen: usize = taken.iter().map(|b| b.get_array_memory_size()).sum();
         buf.put_back(taken);
         assert_eq!(buf.bytes(), frozen);
+    }
+
+    #[test]
+    fn aligning_shares_one_null_array_per_type() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        buf.push_line(&mut reg, br#"{"time_ns":1,"b":"x","k":2}"#, &meta(1));
+        for i in 0..300 {
+            reg.column(&format!("s{i}"), KeyType::Utf8).unwrap();
+            reg.column(&format!("u{i}"), KeyType::Uint64).unwrap();
+        }
+        reg.column("a", KeyType::Utf8).unwrap();
+        let batch = buf.take(&reg).remove(0);
+        let schema = reg.schema();
+        let aligned = align(&batch, &schema);
+        assert_eq!(aligned.schema(), schema);
+        for name in ["b", "k", "time_ns", "sluice_id"] {
+            let (want, got) = (batch.column_by_name(name).unwrap(), aligned.column_by_name(name).unwrap());
+            assert!(Arc::ptr_eq(want, got), "{name} is the batch's own column");
+        }
+        let missing: Vec<&ArrayRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| batch.column_by_name(f.name()).is_none())
+            .map(|f| aligned.column_by_name(f.name()).unwrap())
+            .collect();
+        assert_eq!(missing.len(), 601);
+        assert!(missing.iter().all(|c| c.null_count() == 1 && c.len() == 1));
+        let mut distinct: Vec<&ArrayRef> = Vec::new();
+        for c in &missing {
+            if !distinct.iter().any(|d| Arc::ptr_eq(d, c)) {
+                distinct.push(c);
+            }
+        }
+        assert_eq!(distinct.len(), 2, "one all-null array for strings, one for integers");
     }
 
     #[test]
