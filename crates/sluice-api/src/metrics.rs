@@ -136,9 +136,10 @@ mod tests {
         let pull = PullMetrics::new();
         let m = pull.source("web-1", "https://127.0.0.1:7701");
         m.live_bytes.fetch_add(42, Relaxed);
-        let stats = StoreStats { rows_committed: 7, ..StoreStats::default() };
+        let stats = StoreStats { rows_committed: 7, bytes_buffered: 4096, ..StoreStats::default() };
         let text = render(&stats, &pull);
         assert!(text.contains("sluice_store_rows_committed_total 7\n"), "{text}");
+        assert!(text.contains("sluice_store_buffer_bytes 4096\n"), "{text}");
         assert!(text.contains("sluice_source_live_bytes_total{source=\"web-1\"} 42\n"), "{text}");
         assert!(text.contains("sluice_source_errors_total{source=\"web-1\",kind=\"tls\"} 0\n"), "{text}");
         let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();

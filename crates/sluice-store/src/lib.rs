@@ -1207,7 +1207,7 @@ fn maintenance_loop(inner: &Inner) {
                 return;
             }
         }
-        let (rows, full, first_at, poisoned) = {
+        let (rows, size_due, first_at, poisoned) = {
             let s = lock(&inner.state);
             (s.buffer.rows(), flush_due(&s.buffer, &inner.cfg), s.buffer.first_row_at(), s.poisoned.is_some())
         };
@@ -1216,7 +1216,7 @@ fn maintenance_loop(inner: &Inner) {
             inner.buffer_space.notify_waiters();
             return;
         }
-        let flush_due = full || (rows > 0 && first_at.is_some_and(|t| t.elapsed() >= inner.cfg.flush_age_max));
+        let flush_due = size_due || (rows > 0 && first_at.is_some_and(|t| t.elapsed() >= inner.cfg.flush_age_max));
         let mut result = Ok(());
         if flush_due {
             result = flush(inner).map(|_| ());

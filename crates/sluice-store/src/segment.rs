@@ -414,9 +414,7 @@ pub fn merge_segments(
     let mut present = Vec::with_capacity(inputs.len());
     for m in inputs {
         let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: m.path.clone(), reason: e.to_string() };
-        let data = block_on(async { store.get(&ObjectPath::from(m.path.as_str())).await?.bytes().await })
-            .map_err(|source| SegmentError::Store { path: m.path.clone(), source })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| perr(&e))?;
+        let builder = open_segment(store, &m.path)?;
         present.push(builder.schema().clone());
         readers.push(builder.with_batch_size(MERGE_READ_ROWS).build().map_err(|e| perr(&e))?);
     }
@@ -440,16 +438,11 @@ pub fn merge_segments(
     let mut out = SegmentOut { path: &path, writer, terms: TermsBuilder::new() };
 
     // Min-heap of the inputs' next rows by (source, time, input).
-    let key = |loaded: &[Option<RecordBatch>], input: &MergeInput| -> (String, u64) {
-        let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
-        let src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row).to_string();
-        (src, b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row))
-    };
     let mut heap = std::collections::BinaryHeap::new();
     for (i, input) in merge.iter().enumerate() {
         if input.rows > 0 {
-            let (src, t) = key(&loaded, input);
-            heap.push(std::cmp::Reverse((src, t, i)));
+            let (src, t) = next_key(&loaded, input);
+            heap.push(std::cmp::Reverse((src.to_string(), t, i)));
         }
     }
     let mut picked: Vec<(usize, usize)> = Vec::with_capacity(WRITE_SLICE_ROWS);
@@ -464,14 +457,11 @@ pub fn merge_segments(
             if input.row == input.rows && !next_batch(input, &mut loaded, &schema)? {
                 break;
             }
-            let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
-            let next_src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row);
-            let next_t = b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row);
+            let (next_src, t) = next_key(&loaded, input);
             if next_src != src {
                 src.clear();
                 src.push_str(next_src);
             }
-            let t = next_t;
             if picked.len() == WRITE_SLICE_ROWS {
                 write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
             }
@@ -509,6 +499,13 @@ pub fn merge_segments(
     Ok(meta)
 }
 
+/// The (source, time) of `input`'s next row.
+fn next_key<'a>(loaded: &'a [Option<RecordBatch>], input: &MergeInput) -> (&'a str, u64) {
+    let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
+    let src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row);
+    (src, b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row))
+}
+
 /// Load `input`'s next non-empty batch (aligned to `schema`) into `loaded`; false at its end.
 fn next_batch(
     input: &mut MergeInput,
@@ -539,17 +536,13 @@ fn write_picked(
     picked: &mut Vec<(usize, usize)>,
     merge: &[MergeInput],
 ) -> Result<(), SegmentError> {
-    let mut local: BTreeMap<usize, usize> = BTreeMap::new();
-    for &(b, _) in picked.iter() {
-        let n = local.len();
-        local.entry(b).or_insert(n);
+    // The loaded batches the rows come from, numbered in order for `gather`.
+    let mut local: BTreeMap<usize, usize> = picked.iter().map(|&(b, _)| (b, 0)).collect();
+    for (n, l) in local.values_mut().enumerate() {
+        *l = n;
     }
-    let mut refs: Vec<&RecordBatch> = vec![];
-    let mut order: Vec<(usize, usize)> = local.iter().map(|(&g, &l)| (l, g)).collect();
-    order.sort_unstable();
-    for &(_, g) in &order {
-        refs.push(loaded[g].as_ref().expect("picked rows are of loaded batches"));
-    }
+    let refs: Vec<&RecordBatch> =
+        local.keys().map(|&g| loaded[g].as_ref().expect("picked rows are of loaded batches")).collect();
     let rows: Vec<(usize, usize)> = picked.iter().map(|&(b, r)| (local[&b], r)).collect();
     let batch = gather(&refs, &rows)
         .map_err(|e| SegmentError::Parquet { path: out.path.to_string(), reason: e.to_string() })?;
@@ -579,17 +572,12 @@ pub fn put(store: &dyn ObjectStore, local_root: Option<&Path>, path: &str, data:
     Ok(())
 }
 
-/// Every row of a segment.
-pub fn read_segment(store: &dyn ObjectStore, path: &str) -> Result<Vec<RecordBatch>, SegmentError> {
-    let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
+/// A reader of a whole segment, its file fetched (compressed) into memory.
+fn open_segment(store: &dyn ObjectStore, path: &str) -> Result<ParquetRecordBatchReaderBuilder<Bytes>, SegmentError> {
     let data = block_on(async { store.get(&ObjectPath::from(path)).await?.bytes().await })
         .map_err(|source| SegmentError::Store { path: path.to_string(), source })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
-        .map_err(|e| perr(&e))?
-        .with_batch_size(WRITE_SLICE_ROWS)
-        .build()
-        .map_err(|e| perr(&e))?;
-    reader.map(|b| b.map_err(|e| perr(&e))).collect()
+    ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })
 }
 
 /// Delete a segment and its term index; one already gone is fine (a crash after a delete, before
@@ -759,6 +747,12 @@ mod tests {
             columns.push(Arc::new(UInt64Array::from((0..n).map(|i| (i % 5 != 0).then_some(i)).collect::<Vec<_>>())));
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    /// Every row of a segment.
+    fn read_segment(store: &dyn ObjectStore, path: &str) -> Result<Vec<RecordBatch>, SegmentError> {
+        let reader = open_segment(store, path)?.build().unwrap();
+        Ok(reader.map(|b| b.unwrap()).collect())
     }
 
     fn walk(d: &Path) -> Vec<std::path::PathBuf> {
