@@ -25,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sluice_pull::{
     run_all, run_source, Batch, ChunkProgress, CommitOutcome, Endpoint, ErrorKind, PullMetrics, Sink, SourceClient,
-    SourceConfig, SourceState,
+    SourceConfig, SourceState, BATCH_BYTES_MAX,
 };
 use sluice_tls::{generate, generate_client_with_validity, CertSpec, Generated, ServerTls, Trust};
 use tokio::net::TcpListener;
@@ -636,17 +636,65 @@ async fn commits_only_whole_lines() {
     fake.append("22", &second[9..]);
     wait_until("the rest of the line", || sink.data(STREAM_A, "22") == fake.data("22")).await;
 
-    // The closed chunk breaks mid-line: the whole lines before the cut are kept, and the fetch
-    // resumes at the last line boundary.
-    wait_until("the lines before the cut", || sink.data(STREAM_A, "21").len() == boundary).await;
+    // The closed chunk breaks mid-line. Until then nothing of it is committed (a closed chunk
+    // goes in one batch when its body ends); at the break, the whole lines before the cut are
+    // committed, and the fetch resumes at the last line boundary.
+    let m = metrics.source("s", "");
+    wait_until("the bytes before the cut", || m.backfill_bytes.load(Relaxed) >= cut_at as u64).await;
+    assert!(sink.data(STREAM_A, "21").is_empty(), "a closed chunk is committed when its body ends");
     fake.cut_now.notify_one();
     wait_until("the cut chunk complete", || sink.complete(STREAM_A, "21")).await;
     assert_eq!(sink.data(STREAM_A, "21"), closed_data);
+    let chunk_commits: Vec<(u64, usize)> =
+        sink.commits().iter().filter(|c| c.chunk == "21").map(|c| (c.start, c.len)).collect();
+    assert_eq!(
+        chunk_commits,
+        vec![(0, boundary), (boundary as u64, closed_data.len() - boundary)],
+        "the lines before the break, then the rest in one batch"
+    );
     let requests = fake.requests();
     assert!(requests.contains(&format!("/chunk/21?offset={boundary}")), "{requests:?}");
-    let m = metrics.source("s", "");
     assert!(m.errors(ErrorKind::Broken) >= 1, "{:?}", m.errors_by_kind());
     run.stop().await;
+    assert_eq!(sink.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_does_not_wait_for_an_idle_live_chunk() {
+    let certs = Certs::new();
+    // The live chunk has nothing past the committed offset (here: nothing at all) and gets
+    // nothing new: its body stays silent, for up to LIVE_IDLE_TIMEOUT (11 minutes).
+    let fake =
+        Fake::start(certs.server_tls(), STREAM_A, vec![closed("21", lines("old", 20)), open("22", Vec::new())]).await;
+    let sink = Arc::new(MemSink::default());
+    let run =
+        Running::start(certs.source("s", &fake), &sink, &Arc::new(Semaphore::new(1)), &Arc::new(PullMetrics::new()));
+    wait_until("the older chunk complete", || sink.complete(STREAM_A, "21")).await;
+    assert_eq!(sink.data(STREAM_A, "21"), fake.data("21"));
+    assert!(sink.data(STREAM_A, "22").is_empty());
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_chunk_is_committed_in_batches_of_the_largest_size() {
+    let certs = Certs::new();
+    // Larger than any chunk a supervisor writes, so that it takes several batches; read over the
+    // network in pieces of at most a few hundred KB.
+    let big = lines("big", 50_000);
+    assert!(big.len() > 2 * BATCH_BYTES_MAX + BATCH_BYTES_MAX / 2, "{}", big.len());
+    let fake = Fake::start(certs.server_tls(), STREAM_A, vec![closed("21", big.clone()), open("22", Vec::new())]).await;
+    let sink = Arc::new(MemSink::default());
+    let run =
+        Running::start(certs.source("s", &fake), &sink, &Arc::new(Semaphore::new(1)), &Arc::new(PullMetrics::new()));
+    wait_until("the big chunk complete", || sink.complete(STREAM_A, "21")).await;
+    run.stop().await;
+    assert_eq!(sink.data(STREAM_A, "21"), big);
+    let sizes: Vec<usize> = sink.commits().iter().filter(|c| c.chunk == "21").map(|c| c.len).collect();
+    let line_max = big.split(|&b| b == b'\n').map(<[u8]>::len).max().unwrap() + 1;
+    let (last, full) = sizes.split_last().unwrap();
+    assert_eq!(full.len(), 2, "{sizes:?}");
+    assert!(full.iter().all(|&n| n > BATCH_BYTES_MAX - line_max && n <= BATCH_BYTES_MAX), "{sizes:?}");
+    assert_eq!(*last, big.len() - full.iter().sum::<usize>());
     assert_eq!(sink.violations(), Vec::<String>::new());
 }
 
