@@ -399,7 +399,9 @@ impl<S: Sink> Shared<S> {
         let mode = cx.mode;
         let idle = if closed { self.client.timeouts().stall } else { self.client.timeouts().live_idle };
         let counter = if mode == Mode::Live { &self.metrics.live_bytes } else { &self.metrics.backfill_bytes };
-        let mut pending = BytesMut::new();
+        // Room for a closed chunk's batch and the read that completes it, so that it is not grown
+        // (copied, and fresh memory touched) by doubling; pages never written are never used.
+        let mut pending = BytesMut::with_capacity(if closed { BATCH_BYTES_MAX + BATCH_BYTES_MAX / 2 } else { 0 });
         let mut next = offset;
         let mut received_bytes = 0u64;
         loop {
