@@ -27,9 +27,10 @@
 //! the open chunk are committed as soon as the response has no more bytes ready, or at
 //! [`BATCH_BYTES_MAX`], so a trickle of events is committed one by one. A closed chunk's lines are
 //! committed when its body ends, or at [`BATCH_BYTES_MAX`]: a backlog goes in batches of about a
-//! chunk, not one per network read (about 65 KB), which took 6–10% of the store's CPU in
-//! `bench/ingest.py`. What was read and not yet committed when a fetch fails is committed first
-//! (whole lines only); at a shutdown it is not, and is fetched again from the durable offset.
+//! chunk, not one per network read (about 65 KB): 6% less store CPU in `bench/ingest.py`, 10% on
+//! a backlog of 10M events (BENCHMARKS.md, ingest "M"). What was read and not yet committed when
+//! a fetch fails is committed first (whole lines only); at a shutdown it is not, and is fetched
+//! again from the durable offset.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
