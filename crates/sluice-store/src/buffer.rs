@@ -48,8 +48,8 @@ pub const FIXED_COLUMNS: [&str; 7] =
 /// Names that are never key columns: a line key of one of these names goes to the overflow column.
 const RESERVED_NAMES: [&str; 9] =
     [COL_TIME_NS, COL_SOURCE, COL_STREAM, COL_RECEIVED_NS, COL_ID, COL_SEQ, COL_OVERFLOW, COL_DATE, COL_HOUR];
-/// The active part of the buffer becomes an immutable RecordBatch at this many rows, so that a
-/// snapshot copies at most this many rows.
+/// The active parts of the buffer become immutable RecordBatches when they hold this many rows
+/// together, so that a snapshot copies at most this many rows.
 pub const FREEZE_ROWS: usize = 16 * 1024;
 
 /// The type of a key column, decided by the first value of the key the store ever saw.
@@ -93,10 +93,20 @@ impl Hasher for FxHasher {
 
 pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 
+/// The part a key column contributes to a row's shape: a row's shape is the XOR of these over
+/// the key columns that hold a value in the row (so it depends on the set of keys, not their order
+/// in the line). The buffer groups lines by it and segments are sorted by it within a source;
+/// both compute it with this function, so a flushed segment and a compaction agree.
+pub fn shape_bits(column: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(column.as_bytes())
+}
+
 /// Keys and their column types, in the order first seen; at most `keys_max`.
 #[derive(Debug, Clone)]
 pub struct Registry {
     keys: Vec<(Arc<str>, KeyType)>,
+    /// [`shape_bits`] of each key, by registry index.
+    shape_bits: Vec<u64>,
     index: HashMap<Arc<str>, u32, FxBuild>,
     keys_max: usize,
     schema: SchemaRef,
@@ -104,12 +114,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(keys: &[(String, KeyType)], keys_max: usize) -> Registry {
-        let mut r =
-            Registry { keys: Vec::new(), index: HashMap::default(), keys_max, schema: Arc::new(Schema::empty()) };
+        let mut r = Registry {
+            keys: Vec::new(),
+            shape_bits: Vec::new(),
+            index: HashMap::default(),
+            keys_max,
+            schema: Arc::new(Schema::empty()),
+        };
         for (name, t) in keys {
             if !r.index.contains_key(name.as_str()) {
                 let name: Arc<str> = Arc::from(name.as_str());
                 r.index.insert(name.clone(), r.keys.len() as u32);
+                r.shape_bits.push(shape_bits(&name));
                 r.keys.push((name, *t));
             }
         }
@@ -144,6 +160,7 @@ impl Registry {
         let name: Arc<str> = Arc::from(key);
         let i = self.keys.len() as u32;
         self.index.insert(name.clone(), i);
+        self.shape_bits.push(shape_bits(key));
         self.keys.push((name, t));
         self.schema = self.build_schema();
         Some(i)
@@ -212,6 +229,38 @@ pub fn suffix_after(batch: &RecordBatch, after: u64) -> Option<RecordBatch> {
     Some(batch.slice(start, n - start))
 }
 
+/// Rows a batch of [`in_seq_order`] holds when it has to merge.
+const SEQ_ORDER_BATCH_ROWS: usize = 8 * 1024;
+
+/// `batches` (all of one schema, each in rising `sluice_seq`) as batches in rising seq overall: as
+/// they are when they already are, else merged, which copies their rows.
+pub fn in_seq_order(batches: Vec<RecordBatch>) -> Vec<RecordBatch> {
+    let seqs = |b: &RecordBatch| -> UInt64Array {
+        b.column_by_name(COL_SEQ).expect("fixed column").as_primitive::<UInt64Type>().clone()
+    };
+    let columns: Vec<UInt64Array> = batches.iter().map(seqs).collect();
+    let mut last: Option<u64> = None;
+    let ordered = columns.iter().filter(|c| !c.is_empty()).all(|c| {
+        let rises = last.is_none_or(|l| l < c.value(0));
+        last = Some(c.value(c.len() - 1));
+        rises
+    });
+    if ordered {
+        return batches;
+    }
+    let mut order: Vec<(u64, usize, usize)> = Vec::with_capacity(columns.iter().map(|c| c.len()).sum());
+    for (b, c) in columns.iter().enumerate() {
+        order.extend(c.values().iter().enumerate().map(|(r, &s)| (s, b, r)));
+    }
+    order.sort_unstable();
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let picks: Vec<(usize, usize)> = order.iter().map(|&(_, b, r)| (b, r)).collect();
+    picks
+        .chunks(SEQ_ORDER_BATCH_ROWS)
+        .map(|p| arrow_select::interleave::interleave_record_batch(&refs, p).expect("batches of one schema"))
+        .collect()
+}
+
 /// Rows `from..` of a builder's validity bitmap (`None`: no null so far).
 fn nulls_from(validity: Option<&[u8]>, from: usize, len: usize) -> Option<NullBuffer> {
     validity.map(|bits| NullBuffer::new(BooleanBuffer::new(Bytes::from_slice_ref(bits), from, len)))
@@ -276,7 +325,14 @@ impl KeyCol {
 }
 
 struct Active {
+    /// The shape of its lines (apart from lines past [`SHAPES_MAX`] shapes, in the first part).
+    shape: u64,
+    /// Whether rows were added since the last [`Buffer::take`].
+    used: bool,
     rows: usize,
+    /// Estimated memory of the rows: their line bytes plus [`ACTIVE_ROW_BYTES`] each. The
+    /// estimate lasts only until the next freeze, which measures the real size.
+    bytes: usize,
     time_ns: UInt64Builder,
     source: StringBuilder,
     stream: StringBuilder,
@@ -285,30 +341,40 @@ struct Active {
     seq: UInt64Builder,
     overflow: StringBuilder,
     keys: Vec<Option<KeyCol>>,
+    /// Rows the builders have room for: the rows of the last batch this part froze, plus an
+    /// eighth. The builders are made anew at every freeze, and growing them from nothing would
+    /// copy each value about once more and touch fresh memory at every doubling; a frozen batch
+    /// keeps its builders' whole room, which the buffer's bound counts, so the room follows what
+    /// the part needed last time rather than [`FREEZE_ROWS`].
+    room: usize,
     /// Bytes of string values each key column (by registry index) held when the last batch was
-    /// frozen: the next builder of that key starts with room for as many (see [`string_builder`]).
+    /// frozen: the next builder of that key starts with room for as many, plus an eighth.
     key_bytes: Vec<usize>,
 }
 
-/// A string builder with room for [`FREEZE_ROWS`] values of `bytes` bytes in all, plus an eighth:
-/// the builders of the active rows are made anew at every freeze, and growing them from nothing
-/// would copy each value about once more and touch fresh memory at every doubling.
-fn string_builder(bytes: usize) -> StringBuilder {
-    StringBuilder::with_capacity(FREEZE_ROWS, bytes + bytes / 8)
+/// Room of the builders of a part that has not frozen a batch yet.
+const ACTIVE_ROOM_FIRST: usize = 1024;
+
+fn string_builder(items: usize, bytes: usize) -> StringBuilder {
+    StringBuilder::with_capacity(items, bytes + bytes / 8)
 }
 
 impl Active {
-    fn new() -> Active {
+    fn new(shape: u64, room: usize) -> Active {
         Active {
+            shape,
+            used: false,
             rows: 0,
-            time_ns: UInt64Builder::with_capacity(FREEZE_ROWS),
-            source: string_builder(0),
-            stream: string_builder(0),
-            received_ns: UInt64Builder::with_capacity(FREEZE_ROWS),
-            id: FixedSizeBinaryBuilder::with_capacity(FREEZE_ROWS, 16),
-            seq: UInt64Builder::with_capacity(FREEZE_ROWS),
-            overflow: string_builder(0),
+            bytes: 0,
+            time_ns: UInt64Builder::with_capacity(room),
+            source: string_builder(room, 0),
+            stream: string_builder(room, 0),
+            received_ns: UInt64Builder::with_capacity(room),
+            id: FixedSizeBinaryBuilder::with_capacity(room, 16),
+            seq: UInt64Builder::with_capacity(room),
+            overflow: string_builder(room, 0),
             keys: Vec::new(),
+            room,
             key_bytes: Vec::new(),
         }
     }
@@ -345,10 +411,12 @@ impl Active {
     fn finish(&mut self, registry: &Registry) -> RecordBatch {
         let rows = self.rows;
         let mut fields = fixed_fields();
-        let mut next = Active::new();
-        next.source = string_builder(self.source.values_slice().len());
-        next.stream = string_builder(self.stream.values_slice().len());
-        next.overflow = string_builder(self.overflow.values_slice().len());
+        let room = rows + rows / 8;
+        let mut next = Active::new(self.shape, room);
+        next.used = self.used;
+        next.source = string_builder(room, self.source.values_slice().len());
+        next.stream = string_builder(room, self.stream.values_slice().len());
+        next.overflow = string_builder(room, self.overflow.values_slice().len());
         next.key_bytes = std::mem::take(&mut self.key_bytes);
         let mut done = std::mem::replace(self, next);
         let mut columns: Vec<ArrayRef> = vec![
@@ -381,22 +449,48 @@ impl Active {
 }
 
 /// Committed events not yet in segments.
+///
+/// # Shapes
+///
+/// Lines are kept apart by their shape (the set of key columns they have a value in, see
+/// [`shape_bits`]): each shape has an active part of its own, so a batch holds the columns of
+/// its keys and no column of nulls for the keys of other kinds of events. Generated events have
+/// about 50 keys and 5 to 9 in a line; in one wide batch, the nulls of the absent keys took about
+/// 300 of the 380 bytes a buffered row cost. At most [`SHAPES_MAX`] shapes get a part of their
+/// own; the lines of any further shape share the first part (wider batches, same rows). Rows of
+/// one part rise in `sluice_seq`; rows of different parts interleave, so [`Buffer::snapshot`] and
+/// [`Buffer::rows_after`] are not in seq order ([`in_seq_order`] puts them in it).
 pub struct Buffer {
     frozen: Vec<RecordBatch>,
     /// `frozen[..aligned.len()]` aligned to `aligned_to`, so that a snapshot does not rebuild
     /// the all-null columns of keys a frozen batch lacks at every call.
     aligned: Vec<RecordBatch>,
     aligned_to: Option<SchemaRef>,
-    active: Active,
+    /// The active part of each shape, in the order the shapes were first seen.
+    actives: Vec<Active>,
+    /// Index in `actives` of each shape.
+    shapes: HashMap<u64, usize, FxBuild>,
     rows: usize,
+    /// Rows in the active parts: all of them are frozen at [`FREEZE_ROWS`], so that a snapshot
+    /// copies at most that many.
+    active_rows: usize,
     /// Memory of `frozen` (Arrow arrays as allocated).
     frozen_bytes: usize,
-    /// Estimated memory of the active rows: their line bytes plus [`ACTIVE_ROW_BYTES`] each.
-    active_bytes: usize,
     first_row_at: Option<Instant>,
     parsed: Parsed,
     overflow: String,
+    /// The registry index of each key of the line being added (`None`: to the overflow column).
+    columns: Vec<Option<u32>>,
+    /// Per registry index, the number of the line that last had a value in that column
+    /// (`lines` counts them): finds the second value of a key in one line.
+    last_line: Vec<u64>,
+    lines: u64,
 }
+
+/// Shapes that get an active part of their own; the lines of any further shape go to the first
+/// part. Bounds the builders a flood of differently shaped lines can make (each part's builders
+/// are reserved for [`FREEZE_ROWS`] rows, though only the rows written touch memory).
+pub const SHAPES_MAX: usize = 64;
 
 /// Estimated memory of an active row beside its line's bytes: the fixed columns (time, source,
 /// stream, receive time, id, seq, overflow) and a few offsets. The estimate lasts only until the
@@ -409,13 +503,17 @@ impl Default for Buffer {
             frozen: Vec::new(),
             aligned: Vec::new(),
             aligned_to: None,
-            active: Active::new(),
+            actives: Vec::new(),
+            shapes: HashMap::default(),
             rows: 0,
+            active_rows: 0,
             frozen_bytes: 0,
-            active_bytes: 0,
             first_row_at: None,
             parsed: Parsed::default(),
             overflow: String::new(),
+            columns: Vec::new(),
+            last_line: Vec::new(),
+            lines: 0,
         }
     }
 }
@@ -427,7 +525,7 @@ impl Buffer {
 
     /// Memory the buffered rows take (frozen batches as allocated, active rows estimated).
     pub fn bytes(&self) -> usize {
-        self.frozen_bytes + self.active_bytes
+        self.frozen_bytes + self.actives.iter().map(|a| a.bytes).sum::<usize>()
     }
 
     /// When the oldest row still here was added.
@@ -439,41 +537,65 @@ impl Buffer {
     /// with the receive time as `time_ns` and its text in the overflow column.
     pub fn push_line(&mut self, registry: &mut Registry, line: &[u8], meta: &LineMeta<'_>) -> AppendCounts {
         let mut counts = AppendCounts::default();
-        let a = &mut self.active;
-        let row = a.rows;
         self.overflow.clear();
-        match self.parsed.parse(line) {
+        self.columns.clear();
+        self.lines += 1;
+        let parsed = self.parsed.parse(line);
+        // The key columns of the line (and so its shape) first, then the part of that shape.
+        let mut shape = 0u64;
+        if let Ok(text) = parsed {
+            for (key, value) in &self.parsed.fields {
+                let t = match value {
+                    Value::Str(_) => KeyType::Utf8,
+                    Value::U64(_) => KeyType::Uint64,
+                };
+                let column = registry.column(self.parsed.text(text, key), t).filter(|&i| {
+                    let i = i as usize;
+                    if self.last_line.len() <= i {
+                        self.last_line.resize(i + 1, 0);
+                    }
+                    // A duplicate key: the first value keeps the column, later ones overflow.
+                    std::mem::replace(&mut self.last_line[i], self.lines) != self.lines
+                });
+                if let Some(i) = column {
+                    shape ^= registry.shape_bits[i as usize];
+                }
+                self.columns.push(column);
+            }
+        }
+        let part = match self.shapes.get(&shape) {
+            Some(&p) => p,
+            None if self.actives.len() < SHAPES_MAX => {
+                self.actives.push(Active::new(shape, ACTIVE_ROOM_FIRST));
+                self.shapes.insert(shape, self.actives.len() - 1);
+                self.actives.len() - 1
+            }
+            None => 0,
+        };
+        let a = &mut self.actives[part];
+        a.used = true;
+        let row = a.rows;
+        match parsed {
             Ok(text) => {
                 a.time_ns.append_value(self.parsed.time_ns);
-                for (key, value) in &self.parsed.fields {
-                    let key_text = self.parsed.text(text, key);
-                    let t = match value {
-                        Value::Str(_) => KeyType::Utf8,
-                        Value::U64(_) => KeyType::Uint64,
-                    };
-                    let Some(i) = registry.column(key_text, t) else {
+                for ((key, value), column) in self.parsed.fields.iter().zip(&self.columns) {
+                    let Some(i) = column else {
                         counts.overflow_values += 1;
-                        overflow_pair(&mut self.overflow, key_text, value, &self.parsed, text);
+                        overflow_pair(&mut self.overflow, self.parsed.text(text, key), value, &self.parsed, text);
                         continue;
                     };
-                    let i = i as usize;
+                    let i = *i as usize;
                     if a.keys.len() <= i {
                         a.keys.resize_with(i + 1, || None);
                     }
-                    let key_bytes = &a.key_bytes;
+                    let (key_bytes, room) = (&a.key_bytes, a.room);
                     let col = a.keys[i].get_or_insert_with(|| KeyCol {
-                        data: match t {
-                            KeyType::Utf8 => KeyData::Str(string_builder(key_bytes.get(i).copied().unwrap_or(0))),
-                            KeyType::Uint64 => KeyData::U64(UInt64Builder::with_capacity(FREEZE_ROWS)),
+                        data: match value {
+                            Value::Str(_) => KeyData::Str(string_builder(room, key_bytes.get(i).copied().unwrap_or(0))),
+                            Value::U64(_) => KeyData::U64(UInt64Builder::with_capacity(room)),
                         },
                         len: 0,
                     });
-                    if col.len > row {
-                        // A duplicate key: the first value keeps the column, later ones overflow.
-                        counts.overflow_values += 1;
-                        overflow_pair(&mut self.overflow, key_text, value, &self.parsed, text);
-                        continue;
-                    }
                     col.pad(row);
                     match (&mut col.data, value) {
                         (KeyData::Str(b), Value::Str(s)) => b.append_value(self.parsed.text(text, s)),
@@ -516,18 +638,26 @@ impl Buffer {
         a.id.append_value(meta.id.to_be_bytes()).expect("16 bytes for a 16-byte column");
         a.seq.append_value(meta.seq);
         a.rows += 1;
+        a.bytes += line.len() + ACTIVE_ROW_BYTES;
         self.rows += 1;
-        self.active_bytes += line.len() + ACTIVE_ROW_BYTES;
         if self.first_row_at.is_none() {
             self.first_row_at = Some(Instant::now());
         }
-        if a.rows >= FREEZE_ROWS {
-            let batch = a.finish(registry);
-            self.frozen_bytes += batch.get_array_memory_size();
-            self.active_bytes = 0;
-            self.frozen.push(batch);
+        self.active_rows += 1;
+        if self.active_rows >= FREEZE_ROWS {
+            self.freeze(registry);
         }
         counts
+    }
+
+    /// Every active part with rows becomes a frozen batch.
+    fn freeze(&mut self, registry: &Registry) {
+        for a in self.actives.iter_mut().filter(|a| a.rows > 0) {
+            let batch = a.finish(registry);
+            self.frozen_bytes += batch.get_array_memory_size();
+            self.frozen.push(batch);
+        }
+        self.active_rows = 0;
     }
 
     /// Every row, as batches aligned to the registry's full schema. Cheap for frozen rows (shared,
@@ -542,35 +672,41 @@ impl Buffer {
             self.aligned.push(align(b, &schema));
         }
         let mut out = self.aligned.clone();
-        if self.active.rows > 0 {
-            out.push(align(&self.active.batch_from(registry, 0), &schema));
+        for a in self.actives.iter_mut().filter(|a| a.rows > 0) {
+            out.push(align(&a.batch_from(registry, 0), &schema));
         }
         out
     }
 
-    /// The rows with a `sluice_seq` above `after`, aligned to the registry's full schema. Copies
-    /// only those rows: what the live tail asks after every group commit, where a whole
-    /// [`Buffer::snapshot`] would copy the active rows each time.
+    /// The rows with a `sluice_seq` above `after`, aligned to the registry's full schema (not in
+    /// seq order: see [`in_seq_order`]). Copies only the active rows among them: what the live
+    /// tail asks after every group commit, where a whole [`Buffer::snapshot`] would copy every
+    /// active row each time.
     pub fn rows_after(&mut self, registry: &Registry, after: u64) -> Vec<RecordBatch> {
         let schema = registry.schema();
         let mut out: Vec<RecordBatch> = self.frozen.iter().filter_map(|b| suffix_after(b, after)).collect();
-        let seqs = self.active.seq.values_slice();
-        let start = seqs.partition_point(|&s| s <= after);
-        if start < seqs.len() {
-            out.push(self.active.batch_from(registry, start));
+        for a in &mut self.actives {
+            let seqs = a.seq.values_slice();
+            let start = seqs.partition_point(|&s| s <= after);
+            if start < seqs.len() {
+                out.push(a.batch_from(registry, start));
+            }
         }
         out.iter().map(|b| align(b, &schema)).collect()
     }
 
     /// Take every row out (for a flush); the buffer is empty afterwards.
     pub fn take(&mut self, registry: &Registry) -> Vec<RecordBatch> {
-        if self.active.rows > 0 {
-            let batch = self.active.finish(registry);
-            self.frozen.push(batch);
+        self.freeze(registry);
+        // The parts of shapes not seen since the last take make room for new ones.
+        self.actives.retain(|a| a.used);
+        self.shapes.clear();
+        for (i, a) in self.actives.iter_mut().enumerate() {
+            a.used = false;
+            self.shapes.insert(a.shape, i);
         }
         self.rows = 0;
         self.frozen_bytes = 0;
-        self.active_bytes = 0;
         self.first_row_at = None;
         self.aligned.clear();
         std::mem::take(&mut self.frozen)
@@ -651,7 +787,7 @@ mod tests {
         assert_eq!(c.unparsed, 1);
         let c = buf.push_line(&mut reg, br#"{"time_ns":5,"a":"first","a":"second","\u0061":"third"}"#, &meta(5));
         assert_eq!(c.overflow_values, 2);
-        let batches = buf.snapshot(&reg);
+        let batches = in_seq_order(buf.snapshot(&reg));
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
         assert_eq!(b.schema().field_with_name("a").unwrap().data_type(), &DataType::Utf8);
@@ -730,7 +866,7 @@ mod tests {
     fn freezing_and_take_keep_every_row() {
         let mut reg = Registry::new(&[], 1000);
         let mut buf = Buffer::default();
-        let n = FREEZE_ROWS + 10;
+        let n = 2 * FREEZE_ROWS;
         for i in 0..n {
             let line = if i % 3 == 0 {
                 format!(r#"{{"time_ns":{i},"k{}":"v"}}"#, i % 5)
@@ -742,11 +878,74 @@ mod tests {
         let snap = buf.snapshot(&reg);
         assert_eq!(snap.iter().map(|b| b.num_rows()).sum::<usize>(), n);
         assert!(snap.iter().all(|b| b.schema() == reg.schema()));
+        let active: usize = buf.actives.iter().map(|a| a.rows).sum();
+        assert!(active < FREEZE_ROWS, "a snapshot copies {active} active rows");
         let taken = buf.take(&reg);
         assert_eq!(taken.iter().map(|b| b.num_rows()).sum::<usize>(), n);
         assert_eq!(buf.rows(), 0);
-        let seqs: Vec<u64> = taken.iter().flat_map(|b| col::<UInt64Array>(b, COL_SEQ).values().to_vec()).collect();
+        // Each batch holds one shape: its key columns are those of the shape, without a null.
+        for b in &taken {
+            let schema = b.schema();
+            let keys: Vec<&str> = schema.fields()[FIXED_COLUMNS.len()..].iter().map(|f| f.name().as_str()).collect();
+            assert_eq!(keys.len(), 1, "one key per line here: {keys:?}");
+            assert_eq!(b.column_by_name(keys[0]).unwrap().null_count(), 0, "{keys:?}");
+            let seqs = col::<UInt64Array>(b, COL_SEQ).values();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "rows of a shape stay in seq order");
+        }
+        assert_eq!(taken.len(), 2 * 6, "six shapes, all frozen at FREEZE_ROWS rows together and at the take");
+        let mut seqs: Vec<u64> = taken.iter().flat_map(|b| col::<UInt64Array>(b, COL_SEQ).values().to_vec()).collect();
+        seqs.sort_unstable();
         assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lines_are_kept_apart_by_their_set_of_keys_up_to_the_bound() {
+        let mut reg = Registry::new(&[], 1000);
+        let mut buf = Buffer::default();
+        // The same keys in another order, or a key given twice, are the same shape.
+        buf.push_line(&mut reg, br#"{"time_ns":1,"a":"x","n":1}"#, &meta(1));
+        buf.push_line(&mut reg, br#"{"time_ns":2,"n":2,"a":"y"}"#, &meta(2));
+        buf.push_line(&mut reg, br#"{"time_ns":3,"a":"z","n":3,"a":"again"}"#, &meta(3));
+        buf.push_line(&mut reg, br#"{"time_ns":4,"b":"w"}"#, &meta(4));
+        buf.push_line(&mut reg, b"not json", &meta(5));
+        // A value of the other type is not in its column: that line has the shape {n}.
+        buf.push_line(&mut reg, br#"{"time_ns":6,"a":7,"n":6}"#, &meta(6));
+        let widths = |batches: &[RecordBatch]| -> Vec<(usize, usize)> {
+            batches.iter().map(|b| (b.num_columns() - FIXED_COLUMNS.len(), b.num_rows())).collect()
+        };
+        let taken = buf.take(&reg);
+        assert_eq!(widths(&taken), [(2, 3), (1, 1), (0, 1), (1, 1)]);
+        // Past SHAPES_MAX shapes, the lines of new shapes go to the first part: nothing is lost.
+        let mut buf = Buffer::default();
+        let mut seq = 10;
+        for i in 0..SHAPES_MAX + 5 {
+            for _ in 0..2 {
+                seq += 1;
+                buf.push_line(&mut reg, format!(r#"{{"time_ns":1,"k{i}":{seq}}}"#).as_bytes(), &meta(seq));
+            }
+        }
+        let taken = buf.take(&reg);
+        assert_eq!(taken.len(), SHAPES_MAX, "every part, the first one's batch wider");
+        assert_eq!(widths(&taken)[0], (6, 2 + 5 * 2));
+        assert_eq!(taken.iter().map(|b| b.num_rows()).sum::<usize>(), 2 * (SHAPES_MAX + 5));
+        // And in seq order again, every value in place.
+        let all = in_seq_order(taken.iter().map(|b| align(b, &reg.schema())).collect());
+        let all = arrow_select::concat::concat_batches(&reg.schema(), &all).unwrap();
+        let seqs = col::<UInt64Array>(&all, COL_SEQ);
+        assert_eq!(seqs.values().to_vec(), (11..=seq).collect::<Vec<_>>());
+        for r in 0..all.num_rows() {
+            let key = format!("k{}", r / 2);
+            assert_eq!(col::<UInt64Array>(&all, &key).value(r), seqs.value(r), "row {r}");
+        }
+        // A take keeps the parts that had rows since the last one and frees the others' places.
+        buf.push_line(&mut reg, br#"{"time_ns":1,"new":1}"#, &meta(1000));
+        assert_eq!(buf.actives.len(), SHAPES_MAX, "still full: the line went to the first part");
+        assert_eq!(widths(&buf.take(&reg)), [(1, 1)]);
+        assert_eq!(buf.actives.len(), 1);
+        buf.push_line(&mut reg, br#"{"time_ns":1,"new":1}"#, &meta(1001));
+        buf.push_line(&mut reg, br#"{"time_ns":1,"newer":1}"#, &meta(1002));
+        assert_eq!(buf.actives.len(), 3);
+        assert_eq!(widths(&buf.take(&reg)), [(1, 1), (1, 1)]);
     }
 
     #[test]

@@ -527,7 +527,9 @@ impl Store {
             .map(|b| buffer::align(&b, &schema))
             .collect();
         out.extend(s.buffer.rows_after(&s.registry, after));
-        (out, s.applied_seq)
+        let applied = s.applied_seq;
+        drop(guard);
+        (buffer::in_seq_order(out), applied)
     }
 
     /// Changes whenever committed events become visible (after each group commit). For live

@@ -1,5 +1,5 @@
 //! Segments: cutting buffered or compacted rows into hourly partitions of event time, sorting
-//! them by source and time, and writing and reading the Parquet files through `object_store`.
+//! them by source, shape and time, and writing and reading the Parquet files through `object_store`.
 //!
 //! It does not decide which rows to write or when (flush and compaction do), and never touches
 //! the manifest.
@@ -8,8 +8,9 @@
 //!
 //! `segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.parquet`: Hive-style, UTC,
 //! by the hour of `time_ns`; `N` is the manifest's segment counter. Each file is plain Parquet
-//! (zstd, dictionary-encoded strings, page statistics, rows sorted by `sluice_source` then
-//! `time_ns`, declared in the file's sorting columns) with the columns of
+//! (zstd, dictionary-encoded strings, page statistics, rows sorted by `sluice_source`, then shape
+//! (the set of keys a row has a value for, see `sorted_partitions`), then `time_ns`; the source is
+//! declared in the file's sorting columns) with the columns of
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
 //! (it is random), and so is a string column whose values hardly repeat. Beside each
@@ -34,7 +35,9 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::buffer::{align, FxBuild, COL_ID, COL_RECEIVED_NS, COL_SEQ, COL_SOURCE, COL_TIME_NS, FIXED_COLUMNS};
+use crate::buffer::{
+    align, shape_bits, FxBuild, COL_ID, COL_RECEIVED_NS, COL_SEQ, COL_SOURCE, COL_TIME_NS, FIXED_COLUMNS,
+};
 use crate::manifest::SegmentMeta;
 use crate::runtime::block_on;
 use crate::terms::{terms_path, TermsBuilder, BLOCK_ROWS};
@@ -129,10 +132,13 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
         // Pages end on the term index's block boundaries, so a block a needle query skips is
         // pages it never decompresses.
         .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_sorting_columns(Some(vec![
-            SortingColumn { column_idx: SOURCE_INDEX, descending: false, nulls_first: false },
-            SortingColumn { column_idx: TIME_NS_INDEX, descending: false, nulls_first: false },
-        ]));
+        // Then by shape and time (see `sorted_partitions`): a shape is not a column, so only the
+        // source is declared.
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: SOURCE_INDEX,
+            descending: false,
+            nulls_first: false,
+        }]));
     // Within a source's run the seqs rise (jumping where a chunk fetched later begins): small deltas.
     for name in [COL_TIME_NS, COL_RECEIVED_NS, COL_SEQ] {
         let path = ColumnPath::from(name);
@@ -173,14 +179,34 @@ fn mostly_distinct(batches: &[RecordBatch], column: usize) -> bool {
         && seen.len() * DISTINCT_PERCENT_NO_DICTIONARY_MIN.1 > values * DISTINCT_PERCENT_NO_DICTIONARY_MIN.0
 }
 
+/// The shape of each row of `batch` (its columns after the fixed ones are key columns): the XOR
+/// of [`shape_bits`] over the key columns that hold a value in the row, as the buffer computes it
+/// for the line. A batch of the buffer holds one shape; a segment's batch holds runs of them.
+fn row_shapes(batch: &RecordBatch) -> Vec<u64> {
+    let mut shapes = vec![0u64; batch.num_rows()];
+    let schema = batch.schema();
+    for (field, column) in schema.fields().iter().zip(batch.columns()).skip(FIXED_COLUMNS.len()) {
+        let bits = shape_bits(field.name());
+        match column.logical_nulls() {
+            None => shapes.iter_mut().for_each(|s| *s ^= bits),
+            Some(nulls) if nulls.null_count() == nulls.len() => {}
+            Some(nulls) => nulls.valid_indices().for_each(|r| shapes[r] ^= bits),
+        }
+    }
+    shapes
+}
+
 /// Rows to write: `batches` all have `schema`. Cut by hour, and within an hour sorted by
-/// (`sluice_source`, `time_ns`, position). Returns, per partition hour in ascending order, the
-/// (batch, row) indices of its rows in order.
+/// (`sluice_source`, shape, `time_ns`, position). Returns, per partition hour in ascending order,
+/// the (batch, row) indices of its rows in order.
 ///
 /// Source first: each source's rows are then one run, in which the columns the store adds
 /// (source, stream, receive time, sequence number) hardly change from row to row and compress to
 /// almost nothing (47.1 → 43.2 bytes an event in `bench/ingest.py`), and a filter on the source
-/// prunes pages. Time order within the run keeps page statistics on `time_ns` narrow.
+/// prunes pages. The shape (which keys a row has, [`row_shapes`]) next: each kind of event is then
+/// a run too, in which its columns have no nulls and every other key column is only nulls, pages
+/// the writer encodes as a run of one level instead of a level per row. Time order within the
+/// run keeps page statistics on `time_ns` narrow.
 fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)> {
     // Rank of each source name, in name order; looked up only where the name changes (rows of a
     // commit come in runs of one source).
@@ -200,11 +226,12 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
     for (rank, r) in names.values_mut().enumerate() {
         *r = rank as u32;
     }
-    let mut order: Vec<(u64, u32, u64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    let mut order: Vec<(u64, u32, u64, u64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
     for (bi, b) in batches.iter().enumerate() {
         let t = b.column(0).as_primitive::<UInt64Type>();
+        let shapes = row_shapes(b);
         let mut last: Option<(&str, u32)> = None;
-        for (ri, (v, src)) in t.values().iter().zip(sources[bi].iter()).enumerate() {
+        for (ri, ((v, src), shape)) in t.values().iter().zip(sources[bi].iter()).zip(shapes).enumerate() {
             let src = src.unwrap_or_default();
             let rank = match last {
                 Some((name, rank)) if name == src => rank,
@@ -214,12 +241,12 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
                     rank
                 }
             };
-            order.push((partition_hour(*v), rank, *v, bi as u32, ri as u32));
+            order.push((partition_hour(*v), rank, shape, *v, bi as u32, ri as u32));
         }
     }
     order.sort_unstable();
     let mut out: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
-    for (hour, _, _, bi, ri) in order {
+    for (hour, _, _, _, bi, ri) in order {
         match out.last_mut() {
             Some((h, rows)) if *h == hour => rows.push((bi as usize, ri as usize)),
             _ => out.push((hour, vec![(bi as usize, ri as usize)])),
@@ -399,10 +426,12 @@ struct MergeInput {
     batch: usize,
     row: usize,
     rows: usize,
+    /// The shape of each row of the current batch ([`row_shapes`]).
+    shapes: Vec<u64>,
 }
 
-/// Merge segments `inputs` (each sorted by source, then time; all of the partition `hour`) into
-/// one segment, sorted the same way, with ties in input order. Streams: each input's file is held
+/// Merge segments `inputs` (each sorted by source, shape, then time; all of the partition `hour`)
+/// into one segment, sorted the same way, with ties in input order. Streams: each input's file is held
 /// compressed and decoded [`MERGE_READ_ROWS`] rows at a time, and the output is gathered and
 /// written [`WRITE_SLICE_ROWS`] rows at a time, so memory does not grow with the rows merged.
 /// `inputs` are the manifest entries of the segments (the output's ranges come from them). Inputs
@@ -429,7 +458,7 @@ pub fn merge_segments(
     let mut loaded: Vec<Option<RecordBatch>> = Vec::new();
     let mut merge: Vec<MergeInput> = Vec::with_capacity(inputs.len());
     for (reader, m) in readers.into_iter().zip(inputs) {
-        merge.push(MergeInput { reader, path: m.path.clone(), batch: usize::MAX, row: 0, rows: 0 });
+        merge.push(MergeInput { reader, path: m.path.clone(), batch: usize::MAX, row: 0, rows: 0, shapes: Vec::new() });
     }
     // The first batch of every input (also the sample for the writer's dictionary choices).
     for input in &mut merge {
@@ -446,17 +475,17 @@ pub fn merge_segments(
         .map_err(|e| perr(&e))?;
     let mut out = SegmentOut { path: &path, writer, terms: TermsBuilder::new() };
 
-    // Min-heap of the inputs' next rows by (source, time, input).
+    // Min-heap of the inputs' next rows by (source, shape, time, input).
     let mut heap = std::collections::BinaryHeap::new();
     for (i, input) in merge.iter().enumerate() {
         if input.rows > 0 {
-            let (src, t) = next_key(&loaded, input);
-            heap.push(std::cmp::Reverse((src.to_string(), t, i)));
+            let (src, shape, t) = next_key(&loaded, input);
+            heap.push(std::cmp::Reverse((src.to_string(), shape, t, i)));
         }
     }
     let mut picked: Vec<(usize, usize)> = Vec::with_capacity(WRITE_SLICE_ROWS);
     let mut rows = 0u64;
-    while let Some(std::cmp::Reverse((mut src, _, i))) = heap.pop() {
+    while let Some(std::cmp::Reverse((mut src, _, _, i))) = heap.pop() {
         // Take rows of input i while they sort before every other input's next row.
         loop {
             let input = &mut merge[i];
@@ -466,7 +495,7 @@ pub fn merge_segments(
             if input.row == input.rows && !next_batch(input, &mut loaded, &schema)? {
                 break;
             }
-            let (next_src, t) = next_key(&loaded, input);
+            let (next_src, shape, t) = next_key(&loaded, input);
             if next_src != src {
                 src.clear();
                 src.push_str(next_src);
@@ -474,8 +503,8 @@ pub fn merge_segments(
             if picked.len() == WRITE_SLICE_ROWS {
                 write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
             }
-            if heap.peek().is_some_and(|std::cmp::Reverse(top)| (&src, t, i) > (&top.0, top.1, top.2)) {
-                heap.push(std::cmp::Reverse((src, t, i)));
+            if heap.peek().is_some_and(|std::cmp::Reverse(top)| (&src, shape, t, i) > (&top.0, top.1, top.2, top.3)) {
+                heap.push(std::cmp::Reverse((src, shape, t, i)));
                 break;
             }
         }
@@ -508,11 +537,12 @@ pub fn merge_segments(
     Ok(meta)
 }
 
-/// The (source, time) of `input`'s next row.
-fn next_key<'a>(loaded: &'a [Option<RecordBatch>], input: &MergeInput) -> (&'a str, u64) {
+/// The (source, shape, time) of `input`'s next row.
+fn next_key<'a>(loaded: &'a [Option<RecordBatch>], input: &MergeInput) -> (&'a str, u64, u64) {
     let b = loaded[input.batch].as_ref().expect("a current batch is loaded");
     let src = b.column(SOURCE_INDEX as usize).as_string::<i32>().value(input.row);
-    (src, b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row))
+    let time = b.column(TIME_NS_INDEX as usize).as_primitive::<UInt64Type>().value(input.row);
+    (src, input.shapes[input.row], time)
 }
 
 /// Load `input`'s next non-empty batch (aligned to `schema`) into `loaded`; false at its end.
@@ -529,6 +559,7 @@ fn next_batch(
         input.rows = b.num_rows();
         input.row = 0;
         input.batch = loaded.len();
+        input.shapes = row_shapes(&b);
         loaded.push(Some(align(&b, schema)));
         return Ok(true);
     }
@@ -727,12 +758,46 @@ mod tests {
         assert!(!encodings("message").1, "a unique string column has none");
         let sorting: Vec<(i32, bool)> =
             rg.sorting_columns().unwrap().iter().map(|c| (c.column_idx, c.descending)).collect();
-        assert_eq!(sorting, [(1, false), (0, false)], "declared sorted by sluice_source, then time_ns");
+        assert_eq!(sorting, [(1, false)], "declared sorted by sluice_source (then shape and time_ns)");
         // And the rows read back as written, each source's (src-0: even rows, src-1: odd) in a run.
         let back = read_segment(&store, &metas[0].path).unwrap();
         let order = UInt64Array::from((0..5000).step_by(2).chain((1..5000).step_by(2)).collect::<Vec<u64>>());
         let expected = arrow_select::take::take_record_batch(&b, &order).unwrap();
         assert_eq!(arrow_select::concat::concat_batches(&b.schema(), &back).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_sources_rows_are_grouped_by_shape_then_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        // Two kinds of events at the same times: with a level, and without (every other row of
+        // the second batch, so one batch and each source hold both shapes).
+        let with_level = rows(3000);
+        let mut columns = with_level.columns().to_vec();
+        let level = with_level.schema().index_of("level").unwrap();
+        columns[level] = Arc::new(StringArray::from(
+            (0..3000).map(|i| (i % 4 < 2).then_some("INFO")).collect::<Vec<Option<&str>>>(),
+        ));
+        let mixed = RecordBatch::try_new(with_level.schema(), columns).unwrap();
+        let mut counter = 0;
+        let batches = [with_level.clone(), mixed];
+        let metas = write_segments(&store, Some(dir.path()), &batches, &with_level.schema(), &mut counter, 3).unwrap();
+        let back = read_segment(&store, &metas[0].path).unwrap();
+        let back = arrow_select::concat::concat_batches(&back[0].schema(), &back).unwrap();
+        assert_eq!(back.num_rows(), 6000);
+        let sources = back.column(1).as_string::<i32>();
+        let times = back.column(0).as_primitive::<UInt64Type>();
+        let levels = back.column_by_name("level").unwrap();
+        // (source, has a level) changes three times: src-0 in two runs, then src-1 in two.
+        let key = |r: usize| (sources.value(r), levels.is_valid(r));
+        let changes: Vec<usize> = (1..6000).filter(|&r| key(r) != key(r - 1)).collect();
+        assert_eq!(changes.len(), 3, "runs begin at {changes:?}");
+        let runs = [0, changes[0], changes[1], changes[2], 6000];
+        for w in runs.windows(2) {
+            assert!((w[0] + 1..w[1]).all(|r| times.value(r - 1) <= times.value(r)), "time order in {w:?}");
+        }
+        let per_source: Vec<(&str, usize)> = runs[..4].iter().map(|&r| (sources.value(r), r)).collect();
+        assert_eq!(per_source.iter().filter(|(s, _)| *s == "src-0").count(), 2);
     }
 
     /// `rows(n)` with times spread over one hour (ties included), seqs and ids from `first`, and
@@ -817,7 +882,7 @@ mod tests {
         assert!(err.to_string().contains("compaction read 79003 rows"), "{err}");
         assert_eq!(files(dir.path()), before);
         let sorting = reader.metadata().row_group(0).sorting_columns().unwrap();
-        assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), [1, 0], "declared sorted by source, time");
+        assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), [1], "declared sorted by source");
     }
 
     #[test]

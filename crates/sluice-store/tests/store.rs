@@ -350,7 +350,8 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
         let batches = read_parquet(&dir.path().join(&seg.path));
         let seg_rows: Vec<Row> = batches.iter().flat_map(rows_of).collect();
         assert_eq!(seg_rows.len() as u64, seg.rows);
-        // Sorted by source, then time: each source's rows are one run.
+        // Sorted by source, then shape (one here: every line has the same keys), then time: each
+        // source's rows are one run.
         let keys: Vec<(&str, u64)> = seg_rows.iter().map(|r| (r.source.as_str(), r.time_ns)).collect();
         assert!(keys.windows(2).all(|w| w[0] <= w[1]), "rows sorted by (sluice_source, time_ns)");
         assert_eq!((keys[0].0, keys.last().unwrap().0), ("src-0", "src-a"), "both sources in {}", seg.path);
@@ -380,6 +381,37 @@ fn flushed_segments_hold_every_row_once_sorted_and_partitioned_by_hour() {
     let store = Store::open(cfg(dir.path())).unwrap();
     assert!(store.snapshot().is_empty());
     assert_eq!(all_rows(&store), before);
+}
+
+#[test]
+fn rows_after_a_seq_come_in_seq_order_whatever_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    // Three kinds of lines (three shapes, kept apart in the buffer), interleaved.
+    let lines: Vec<String> = (0..600u64)
+        .map(|i| match i % 3 {
+            0 => format!(r#"{{"time_ns":{},"level":"INFO","i":{i}}}"#, T0 + i),
+            1 => format!(r#"{{"time_ns":{},"url":"/u{i}","i":{i},"status":200}}"#, T0 + i),
+            _ => format!(r#"{{"time_ns":{},"i":{i}}}"#, T0 + i),
+        })
+        .collect();
+    let off = offsets(&lines);
+    rt.block_on(store.commit(batch(3, "C", 0, &lines[..300], false))).unwrap();
+    // Half of them being flushed would be in `flushing`; here, a flush in between.
+    store.flush().unwrap();
+    rt.block_on(store.commit(batch(3, "C", off[300], &lines[300..], false))).unwrap();
+    for after in [0, 300, 301, 450, 599, 600] {
+        let (batches, applied) = store.buffered_after(after);
+        assert_eq!(applied, 600);
+        let rows: Vec<Row> = batches.iter().flat_map(rows_of).collect();
+        let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+        let want: Vec<u64> = (after.max(300) + 1..=600).collect();
+        assert_eq!(seqs, want, "after {after}");
+        for r in &rows {
+            assert_eq!(r.fields["i"], format!("u:{}", r.seq - 1));
+        }
+    }
 }
 
 #[test]
