@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
-use arrow_array::{make_array, RecordBatch, RecordBatchOptions, UInt64Array};
+use arrow_array::{make_array, new_null_array, RecordBatch, RecordBatchOptions, UInt64Array};
 use arrow_data::transform::{Capacities, MutableArrayData};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Schema, SchemaRef};
@@ -270,9 +270,27 @@ fn gather(batches: &[&RecordBatch], rows: &[(usize, usize)]) -> Result<RecordBat
             _ => runs.push((b, r, r + 1)),
         }
     }
+    // Only the batches the rows come from take part (a buffer holds hundreds of small batches, one
+    // per shape and freeze, and a slice of sorted rows comes from a few of them).
+    let mut used: Vec<usize> = runs.iter().map(|r| r.0).collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut local = vec![usize::MAX; batches.len()];
+    for (i, &b) in used.iter().enumerate() {
+        local[b] = i;
+    }
+    for run in &mut runs {
+        run.0 = local[run.0];
+    }
+    let batches: Vec<&RecordBatch> = used.iter().map(|&b| batches[b]).collect();
     let schema = batches[0].schema();
     let mut columns = Vec::with_capacity(schema.fields().len());
     for c in 0..schema.fields().len() {
+        // The key columns of the other shapes: nulls only, made at once.
+        if batches.iter().all(|b| b.column(c).null_count() == b.column(c).len()) {
+            columns.push(new_null_array(schema.field(c).data_type(), rows.len()));
+            continue;
+        }
         let data: Vec<ArrayData> = batches.iter().map(|b| b.column(c).to_data()).collect();
         let refs: Vec<&ArrayData> = data.iter().collect();
         let capacities = match schema.field(c).data_type() {
@@ -732,6 +750,10 @@ mod tests {
             let want = arrow_select::interleave::interleave_record_batch(&refs, &picks).unwrap();
             assert_eq!(gather(&refs, &picks).unwrap(), want, "runs of up to {run_max} rows");
         }
+        // Rows of some of the batches only (the others take no part).
+        let picks: Vec<(usize, usize)> = (0..50).map(|r| (2, r)).chain((7..30).map(|r| (0, r))).collect();
+        let want = arrow_select::interleave::interleave_record_batch(&refs, &picks).unwrap();
+        assert_eq!(gather(&refs, &picks).unwrap(), want, "rows of batches 2 and 0");
     }
 
     #[test]
