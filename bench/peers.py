@@ -301,8 +301,14 @@ def serve(engine, path, parquet_filter):
             with open(path) as f:
                 files = json.load(f)
             con = duckdb.connect()
-            con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({files!r}, union_by_name = true) "
-                        f"WHERE {parquet_filter}")
+            scan = f"read_parquet({files!r}, union_by_name = true)"
+            # A segment holds only the key columns with a value in it, so a key none of these
+            # segments has (`sluice_origin` of supervisor events, which live in other hours) is null
+            # in every row: it is added as such for the filter's `IS NULL` tests.
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+            absent = [c for c in re.findall(r"\b([a-z_][a-z0-9_]*) IS NULL", parquet_filter) if c not in present]
+            extra = "".join(f", NULL AS {c}" for c in absent)
+            con.execute(f"CREATE VIEW events AS SELECT * FROM (SELECT *{extra} FROM {scan}) WHERE {parquet_filter}")
 
         def run(q):
             return con.execute(q).fetchall()

@@ -488,8 +488,8 @@ pub struct Buffer {
 }
 
 /// Shapes that get an active part of their own; the lines of any further shape go to the first
-/// part. Bounds the builders a flood of differently shaped lines can make (each part's builders
-/// are reserved for [`FREEZE_ROWS`] rows, though only the rows written touch memory).
+/// part. Bounds the parts (each a set of builders) a flood of differently shaped lines can make;
+/// a take frees the places of the shapes not seen since the one before.
 pub const SHAPES_MAX: usize = 64;
 
 /// Estimated memory of an active row beside its line's bytes: the fixed columns (time, source,
