@@ -460,6 +460,7 @@ impl Active {
 /// own; the lines of any further shape share the first part (wider batches, same rows). Rows of
 /// one part rise in `sluice_seq`; rows of different parts interleave, so [`Buffer::snapshot`] and
 /// [`Buffer::rows_after`] are not in seq order ([`in_seq_order`] puts them in it).
+#[derive(Default)]
 pub struct Buffer {
     frozen: Vec<RecordBatch>,
     /// `frozen[..aligned.len()]` aligned to `aligned_to`, so that a snapshot does not rebuild
@@ -496,27 +497,6 @@ pub const SHAPES_MAX: usize = 64;
 /// stream, receive time, id, seq, overflow) and a few offsets. The estimate lasts only until the
 /// next freeze ([`FREEZE_ROWS`] rows), which measures the real size.
 const ACTIVE_ROW_BYTES: usize = 128;
-
-impl Default for Buffer {
-    fn default() -> Self {
-        Buffer {
-            frozen: Vec::new(),
-            aligned: Vec::new(),
-            aligned_to: None,
-            actives: Vec::new(),
-            shapes: HashMap::default(),
-            rows: 0,
-            active_rows: 0,
-            frozen_bytes: 0,
-            first_row_at: None,
-            parsed: Parsed::default(),
-            overflow: String::new(),
-            columns: Vec::new(),
-            last_line: Vec::new(),
-            lines: 0,
-        }
-    }
-}
 
 impl Buffer {
     pub fn rows(&self) -> usize {
