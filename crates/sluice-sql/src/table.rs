@@ -45,6 +45,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use futures_util::future::{BoxFuture, FutureExt};
 use sluice_store::{SegmentMeta, StoreView, COL_TIME_NS};
 
+/// Buffered rows per partition of a scan, at least (up to the session's target partitions).
+const BUFFER_PARTITION_ROWS_MIN: usize = 16 * 1024;
+
 /// Decides per segment what of it may hold a match (term indexes).
 pub type SegmentFilter = Arc<dyn Fn(&SegmentMeta) -> SegmentScan + Send + Sync>;
 
@@ -261,7 +264,9 @@ impl TableProvider for EventsTable {
         if !buffered.is_empty() {
             let rows: usize = buffered.iter().map(|b| b.num_rows()).sum();
             self.counters.buffer_rows.fetch_add(rows as u64, Ordering::Relaxed);
-            let partitions = state.config().target_partitions().clamp(1, buffered.len());
+            // A partition per batch would spread a small buffer (many small batches: one per
+            // shape and freeze) over partitions that cost more than they give.
+            let partitions = state.config().target_partitions().clamp(1, rows.div_ceil(BUFFER_PARTITION_ROWS_MIN));
             let mut parts: Vec<Vec<_>> = vec![Vec::new(); partitions];
             for (i, b) in buffered.into_iter().enumerate() {
                 parts[i % partitions].push(b);
