@@ -43,6 +43,12 @@
 //! [`EngineConfig::concurrent_max`] queries at once (429). Only queries: DDL, DML, `COPY` and
 //! `SET` are refused, so no query can read or write a path. Dropping a query's future (the
 //! client went away) cancels its work.
+//!
+//! The time limit and the cancelling take effect when the plan's stream next yields. A plan that
+//! computes for long in one step does not: a cross join of three copies of 2,000 buffered rows
+//! spread over two partitions answered its 500 ms limit after about 290 s. Scans of the buffer
+//! use partitions of at least 16,384 rows, which keeps small buffers out of that plan, but a
+//! larger buffer or segments can still reach it.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
