@@ -17,7 +17,7 @@
 //! flush_rows_max = 500000            # buffered events that trigger a flush into segments
 //! flush_age_max = "60s"              # oldest buffered event's age that triggers a flush
 //! buffer_rows_max = 2000000          # commits wait while the buffer holds this many events
-//! buffer_bytes_max = "384MiB"        # … or this much memory; a flush starts at half of it
+//! buffer_bytes_max = "256MiB"        # … or this much memory; a flush starts at half of it
 //! compact_segment_bytes_small = "32MiB"  # segments below this are merged by compaction
 //! compact_inputs_min = 4             # small segments of one hour that trigger a compaction
 //! compact_rows_max = 1000000         # most events one compaction merges
@@ -422,7 +422,7 @@ impl StoreFileConfig {
         let flush_age_max = written(&raw.flush_age_max, "flush_age_max", "60s")?;
         let compact_segment_bytes_small =
             written(&raw.compact_segment_bytes_small, "compact_segment_bytes_small", "32MiB")?;
-        let buffer_bytes_max = written(&raw.buffer_bytes_max, "buffer_bytes_max", "384MiB")?;
+        let buffer_bytes_max = written(&raw.buffer_bytes_max, "buffer_bytes_max", "256MiB")?;
 
         let tls = match &raw.tls {
             Some(tls) => {

@@ -116,10 +116,11 @@ pub const FLUSH_AGE_MAX_DEFAULT: Duration = Duration::from_secs(60);
 /// Default buffer size at which commits wait for a flush.
 pub const BUFFER_ROWS_MAX_DEFAULT: usize = 2_000_000;
 /// Default memory of the buffer (rows being flushed included) at which commits wait; a flush
-/// starts at half of it. About 1,000,000 generated events (~380 bytes each as Arrow arrays,
-/// with their mostly-null key columns; measured in `bench/ingest.py`'s backlog). 512MiB took the
-/// same CPU and ~120 MB more peak RSS on a 10M-event backlog (BENCHMARKS.md, ingest "M").
-pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 384 * 1024 * 1024;
+/// starts at half of it (or at `flush_rows_max` rows, which for generated events comes first:
+/// about 100 bytes each as Arrow arrays, with one buffer part per shape). 384MiB took the same
+/// CPU and ~120 MB more peak RSS on a 10M-event backlog, whose commits outrun flushes and fill
+/// the buffer to its bound (BENCHMARKS.md, ingest "T, U").
+pub const BUFFER_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
 /// The least `buffer_bytes_max` the store accepts.
 pub const BUFFER_BYTES_MAX_MIN: u64 = 16 * 1024 * 1024;
 /// Default size below which a segment is a compaction candidate.

@@ -45,7 +45,7 @@ retention_bytes_max = \"100GiB\"   # total size of the live segments\n  \
 flush_rows_max = 500000          # buffered events that trigger a flush into segments\n  \
 flush_age_max = \"60s\"            # oldest buffered event's age that triggers a flush\n  \
 buffer_rows_max = 2000000        # commits wait while the buffer holds this many events\n  \
-buffer_bytes_max = \"384MiB\"      # ... or this much memory; a flush starts at half of it\n  \
+buffer_bytes_max = \"256MiB\"      # ... or this much memory; a flush starts at half of it\n  \
 compact_segment_bytes_small = \"32MiB\"  # smaller segments are merged by compaction\n  \
 compact_inputs_min = 4           # small segments of one hour that trigger a compaction\n  \
 compact_rows_max = 1000000       # most events one compaction merges\n  \
@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(long, env = "SLUICE_STORE_BUFFER_ROWS_MAX", value_name = "N", value_parser = in_range::<usize>(BUFFER_ROWS_MAX_LIMITS))]
     buffer_rows_max: Option<usize>,
     /// Overrides `buffer_bytes_max`: commits wait while the buffer holds this much memory (e.g.
-    /// 384MiB); a flush starts at half of it.
+    /// 256MiB); a flush starts at half of it.
     #[arg(long, env = "SLUICE_STORE_BUFFER_BYTES_MAX", value_name = "BYTES", value_parser = parse_bytes)]
     buffer_bytes_max: Option<u64>,
     /// Overrides `compact_segment_bytes_small`: segments below this size are merged (e.g. 32MiB).
