@@ -44,14 +44,14 @@
 //! `SET` are refused, so no query can read or write a path. Dropping a query's future (the
 //! client went away) cancels its work.
 //!
-//! The time limit and the cancelling take effect when the plan's stream next yields. A plan that
-//! computes for long in one step does not: a cross join of three copies of 2,000 buffered rows
-//! spread over two partitions answered its 500 ms limit after about 290 s. Scans of the buffer
-//! use partitions of at least 16,384 rows, which keeps small buffers out of that plan, but a
-//! larger buffer or segments can still reach it.
+//! The time limit and the cancelling take effect when the plan's stream next yields: leaves
+//! yield per batch they read, and operators whose output can be far larger than their input
+//! (joins, unnest) per batch they produce (coop.rs), so that no plan computes for long in one
+//! step.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod coop;
 mod functions;
 mod literals;
 mod mask;
@@ -467,7 +467,11 @@ fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionStat
     let mut analyzer = Analyzer::new();
     let at = analyzer.rules.iter().position(|r| r.name() == "type_coercion").unwrap_or(0);
     analyzer.rules.insert(at, Arc::new(literals::UnsignedLiterals));
-    let mut builder = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features();
+    let mut builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(coop::YieldingAmplifiers));
     *builder.analyzer() = Some(analyzer);
     builder.build()
 }

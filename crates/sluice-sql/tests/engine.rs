@@ -34,11 +34,15 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_engine(EngineConfig::default())
+    }
+
+    fn with_engine(engine: EngineConfig) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(dir.path());
         cfg.maintenance = false;
         let store = Arc::new(Store::open(cfg).unwrap());
-        let engine = Engine::with_key(store.clone(), EngineConfig::default(), MaskKey::from_bytes([9; 16]));
+        let engine = Engine::with_key(store.clone(), engine, MaskKey::from_bytes([9; 16]));
         Fixture { _dir: dir, store, engine, offset: 0, chunk: 0 }
     }
 
@@ -124,6 +128,39 @@ async fn sql_sees_segments_and_buffer_together() {
         vec![Some("GetUser".into()), Some("ListOrders".into()), Some("PutCart".into())]
     );
     assert_eq!(u64s(&out.batches, "n"), vec![100, 100, 100]);
+}
+
+/// A 3-way cross join of 4,000 rows (a segment and the buffer, so several partitions): 6.4e10
+/// combinations, hours of work, which its time limit must end. Without yielding above the joins
+/// the aggregate pulls the joins' output in one poll and the limit never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_limit_ends_a_join_whose_output_dwarfs_its_input() {
+    let mut f = Fixture::with_engine(EngineConfig { time_max: Duration::from_millis(500), ..EngineConfig::default() });
+    let lines: Vec<String> = (0..4000).map(|i| event(i, T0 + i * 1_000_000)).collect();
+    f.commit(&lines[..2000]).await;
+    f.flush();
+    f.commit(&lines[2000..]).await;
+    let engine = f.engine.clone();
+    let started = Instant::now();
+    let query = tokio::spawn(async move {
+        engine
+            .sql(
+                "SELECT sum(a.duration_ms * b.duration_ms + c.duration_ms) AS s FROM events a, events b, events c \
+                 WHERE a.duration_ms + b.duration_ms + c.duration_ms > 1",
+                PII,
+            )
+            .await
+    });
+    // Generous for a loaded machine; without the fix the answer takes hours.
+    let out = tokio::time::timeout(Duration::from_secs(120), query)
+        .await
+        .unwrap_or_else(|_| panic!("no answer {:?} after a 500 ms time limit", started.elapsed()))
+        .unwrap();
+    assert!(
+        matches!(out, Err(QueryError::Timeout(d)) if d == Duration::from_millis(500)),
+        "{:?}",
+        out.map(|o| o.stats)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
