@@ -22,7 +22,7 @@
 //! compact_inputs_min = 4             # small segments of one hour that trigger a compaction
 //! compact_rows_max = 1000000         # most events one compaction merges
 //! keys_max = 1000                    # distinct keys with a column; later ones go to overflow
-//! flush_zstd_level = 3               # 1 to 22
+//! flush_zstd_level = 1               # 1 to 22 (flushed segments are rewritten by compaction)
 //! compact_zstd_level = 3             # 1 to 22
 //! [tls]
 //! cert = "client.pem"                # client certificate presented to supervisors

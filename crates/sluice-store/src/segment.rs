@@ -146,7 +146,11 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
             .set_column_dictionary_enabled(path.clone(), false)
             .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
     }
-    b = b.set_column_dictionary_enabled(ColumnPath::from(COL_ID), false);
+    // Random ids: a dictionary never pays, and min/max per page prune nothing (every page spans
+    // nearly the whole range) while costing a comparison per value.
+    b = b
+        .set_column_dictionary_enabled(ColumnPath::from(COL_ID), false)
+        .set_column_statistics_enabled(ColumnPath::from(COL_ID), EnabledStatistics::None);
     // A string column whose values hardly repeat (message texts, item ids) gains nothing from a
     // dictionary: the writer would intern every value, then give up at the page-size limit.
     if let Some(first) = batches.first() {
@@ -778,6 +782,9 @@ mod tests {
         }
         assert!(encodings("level").1, "a repeating string column has a dictionary");
         assert!(!encodings("message").1, "a unique string column has none");
+        let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
+        assert!(stats(COL_ID).is_none(), "random ids get no min/max");
+        assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
         let sorting: Vec<(i32, bool)> =
             rg.sorting_columns().unwrap().iter().map(|c| (c.column_idx, c.descending)).collect();
         assert_eq!(sorting, [(1, false)], "declared sorted by sluice_source (then shape and time_ns)");

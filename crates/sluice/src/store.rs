@@ -50,7 +50,7 @@ compact_segment_bytes_small = \"32MiB\"  # smaller segments are merged by compac
 compact_inputs_min = 4           # small segments of one hour that trigger a compaction\n  \
 compact_rows_max = 1000000       # most events one compaction merges\n  \
 keys_max = 1000                  # distinct keys with a column; later ones go to overflow\n  \
-flush_zstd_level = 3             # 1 to 22\n  \
+flush_zstd_level = 1             # 1 to 22 (compaction rewrites them)\n  \
 compact_zstd_level = 3           # 1 to 22\n  \
 [tls]\n  \
 cert = \"client.pem\"              # client certificate presented to supervisors\n  \
