@@ -16,7 +16,7 @@
 //! (it is random), and so is a string column whose values hardly repeat. Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -230,12 +230,19 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
     for (rank, r) in names.values_mut().enumerate() {
         *r = rank as u32;
     }
-    let mut order: Vec<(u64, u32, u64, u64, u32, u32)> = Vec::with_capacity(batches.iter().map(|b| b.num_rows()).sum());
+    // Each row's (hour, source rank, shape) becomes a group number that sorts as they do, so
+    // that the sort moves 16-byte keys (group, time_ns, row number) rather than 40-byte tuples:
+    // groups change only between runs of rows, so they are looked up once a run. Row numbers fit
+    // in 32 bits: a flush holds at most `buffer_rows_max` (≤ 100,000,000) rows and one commit.
+    let rows_total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut groups: HashMap<(u64, u32, u64), u32, FxBuild> = HashMap::default();
+    let mut row_groups: Vec<u32> = Vec::with_capacity(rows_total);
     for (bi, b) in batches.iter().enumerate() {
         let t = b.column(0).as_primitive::<UInt64Type>();
         let shapes = row_shapes(b);
         let mut last: Option<(&str, u32)> = None;
-        for (ri, ((v, src), shape)) in t.values().iter().zip(sources[bi].iter()).zip(shapes).enumerate() {
+        let mut last_group: Option<((u64, u32, u64), u32)> = None;
+        for ((v, src), shape) in t.values().iter().zip(sources[bi].iter()).zip(shapes) {
             let src = src.unwrap_or_default();
             let rank = match last {
                 Some((name, rank)) if name == src => rank,
@@ -245,15 +252,52 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
                     rank
                 }
             };
-            order.push((partition_hour(*v), rank, shape, *v, bi as u32, ri as u32));
+            let key = (partition_hour(*v), rank, shape);
+            let group = match last_group {
+                Some((k, g)) if k == key => g,
+                _ => {
+                    let next = groups.len() as u32;
+                    let g = *groups.entry(key).or_insert(next);
+                    last_group = Some((key, g));
+                    g
+                }
+            };
+            row_groups.push(group);
         }
     }
+    // Renumber the groups in key order.
+    let mut keys: Vec<((u64, u32, u64), u32)> = groups.into_iter().collect();
+    keys.sort_unstable();
+    let mut rank_of = vec![0u32; keys.len()];
+    for (rank, (_, g)) in keys.iter().enumerate() {
+        rank_of[*g as usize] = rank as u32;
+    }
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut order: Vec<u128> = Vec::with_capacity(rows_total);
+    for b in batches {
+        let first = starts.last().map_or(0, |&(s, n): &(usize, usize)| s + n);
+        starts.push((first, b.num_rows()));
+        let t = b.column(0).as_primitive::<UInt64Type>();
+        for (i, v) in t.values().iter().enumerate() {
+            let row = first + i;
+            let group = rank_of[row_groups[row] as usize];
+            order.push((u128::from(group) << 96) | (u128::from(*v) << 32) | row as u128);
+        }
+    }
+    drop(row_groups);
     order.sort_unstable();
+    // Row number → (batch, row): rows are numbered batch after batch.
+    let batch_of: Vec<u32> =
+        starts.iter().enumerate().flat_map(|(bi, &(_, n))| std::iter::repeat_n(bi as u32, n)).collect();
     let mut out: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
-    for (hour, _, _, _, bi, ri) in order {
+    for key in order {
+        let row = (key & u128::from(u32::MAX)) as usize;
+        let hour = keys[(key >> 96) as usize].0 .0;
+        let bi = batch_of[row] as usize;
+        let ri = row - starts[bi].0;
         match out.last_mut() {
-            Some((h, rows)) if *h == hour => rows.push((bi as usize, ri as usize)),
-            _ => out.push((hour, vec![(bi as usize, ri as usize)])),
+            Some((h, rows)) if *h == hour => rows.push((bi, ri)),
+            _ => out.push((hour, vec![(bi, ri)])),
         }
     }
     out
@@ -700,6 +744,62 @@ mod tests {
             strings(&|i| format!("request {i} done")),
         ];
         RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    /// `rows(n)` with the times, sources and messages given per row (a `None` message is another
+    /// shape).
+    fn rows_at(times: &[u64], sources: &[&str], messages: &[Option<&str>]) -> RecordBatch {
+        let b = rows(times.len() as u64);
+        let mut columns = b.columns().to_vec();
+        let schema = b.schema();
+        columns[0] = Arc::new(UInt64Array::from(times.to_vec()));
+        columns[schema.index_of(COL_SOURCE).unwrap()] = Arc::new(StringArray::from(sources.to_vec()));
+        columns[schema.index_of("message").unwrap()] = Arc::new(StringArray::from(messages.to_vec()));
+        RecordBatch::try_new(schema, columns).unwrap()
+    }
+
+    #[test]
+    fn flush_order_is_hour_source_shape_time_then_position() {
+        let hour = 3_600_000_000_000u64;
+        let t = 1_795_410_000_000_000_000u64 / hour * hour;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        // Times from two hours with many ties, three sources, two shapes, over several batches.
+        let batches: Vec<RecordBatch> = (0..5)
+            .map(|_| {
+                let n = 1 + next(300) as usize;
+                let times: Vec<u64> = (0..n).map(|_| t + next(2) * hour + next(20)).collect();
+                let sources: Vec<&str> = (0..n).map(|_| ["web-2", "web-10", "api"][next(3) as usize]).collect();
+                let messages: Vec<Option<&str>> = (0..n).map(|_| (next(2) == 0).then_some("m")).collect();
+                rows_at(&times, &sources, &messages)
+            })
+            .collect();
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        // The reference: every row's full key, sorted.
+        let mut want: Vec<(u64, String, u64, u64, usize, usize)> = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            let shapes = row_shapes(b);
+            let times = b.column(0).as_primitive::<UInt64Type>();
+            let sources = b.column_by_name(COL_SOURCE).unwrap().as_string::<i32>();
+            for (ri, shape) in shapes.into_iter().enumerate() {
+                let time = times.value(ri);
+                want.push((partition_hour(time), sources.value(ri).to_string(), shape, time, bi, ri));
+            }
+        }
+        want.sort();
+        let got: Vec<(u64, usize, usize)> = sorted_partitions(&refs)
+            .into_iter()
+            .flat_map(|(h, rows)| rows.into_iter().map(move |(b, r)| (h, b, r)))
+            .collect();
+        let want: Vec<(u64, usize, usize)> = want.into_iter().map(|(h, _, _, _, b, r)| (h, b, r)).collect();
+        assert_eq!(got, want);
+        let hours: std::collections::BTreeSet<u64> = got.iter().map(|g| g.0).collect();
+        assert_eq!(hours.len(), 2, "both hours are there");
     }
 
     #[test]
