@@ -134,8 +134,8 @@ pub const COMPACT_ROWS_MAX_DEFAULT: u64 = 1_000_000;
 pub const KEYS_MAX_DEFAULT: usize = 1000;
 /// Default zstd level of flushed segments: the fastest, as a flushed segment is small (below
 /// `compact_segment_bytes_small`) and rewritten at `compact_zstd_level` once a few share its hour.
-/// zstd was the largest single item of ingest CPU; level 1 against 3: 5% less store CPU for 0.7%
-/// more bytes while uncompacted (BENCHMARKS.md, ingest "T, U").
+/// zstd was the largest single item of ingest CPU; level 1 against 3: 3–5% less store CPU for
+/// 0.7% more bytes while uncompacted (BENCHMARKS.md, ingest "T, U" and "V").
 pub const FLUSH_ZSTD_LEVEL_DEFAULT: i32 = 1;
 /// Default zstd level of compacted segments. Measured on generated events: level 9 makes them
 /// 1.5% smaller than level 3 for three times the CPU, so the default stays at 3.
