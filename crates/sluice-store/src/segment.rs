@@ -8,15 +8,19 @@
 //!
 //! `segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.parquet`: Hive-style, UTC,
 //! by the hour of `time_ns`; `N` is the manifest's segment counter. Each file is plain Parquet
-//! (zstd, dictionary-encoded strings, page statistics, rows sorted by `sluice_source`, then shape
+//! (zstd but for `sluice_id` and `time_ns`, which it cannot shrink; dictionary-encoded strings, page statistics, rows sorted by `sluice_source`, then shape
 //! (the set of keys a row has a value for, see `sorted_partitions`), then `time_ns`; the source is
 //! declared in the file's sorting columns) with the columns of
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
 //! (it is random), and so is a string column whose values hardly repeat. Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
+//! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
+//! fsynced, and renamed once its term index is durable; through another object store it is put
+//! whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,11 +71,17 @@ const DISTINCT_PERCENT_NO_DICTIONARY_MIN: (usize, usize) = (50, 100);
 pub const PAGE_ROWS: usize = 2048;
 /// Rows gathered into one Arrow batch at a time while writing, bounding the extra memory.
 const WRITE_SLICE_ROWS: usize = 64 * 1024;
-/// Bytes per row reserved for a flushed segment's file as it is written (segments of generated
-/// events take about 40). Only the bytes written are ever touched: reserving more costs address
-/// space, not memory, and saves the copies and fresh pages of growing a buffer of tens of MB by
-/// doubling.
+/// Bytes per row reserved for a flushed segment's file when it is held in memory (an object store
+/// other than the local file system; segments of generated events take about 40). Only the bytes
+/// written are ever touched: reserving more costs address space, not memory, and saves the copies
+/// and fresh pages of growing a buffer of tens of MB by doubling.
 const FLUSH_ROW_BYTES_RESERVED: usize = 256;
+/// Bytes a segment written to a local file collects before each `write` (the Parquet writer's own
+/// buffer is 8 KiB; most pages are larger and would each be a system call).
+const FILE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Suffix of a segment file being written to the local file system, until it is renamed to its
+/// name. Not listed by any manifest, so a crash's leftover is deleted at the next start.
+const PARTIAL_SUFFIX: &str = ".partial";
 const NS_PER_HOUR: u64 = 3_600_000_000_000;
 /// Positions of `time_ns` and `sluice_source` among the fixed columns, which every segment
 /// begins with.
@@ -151,6 +161,12 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
     b = b
         .set_column_dictionary_enabled(ColumnPath::from(COL_ID), false)
         .set_column_statistics_enabled(ColumnPath::from(COL_ID), EnabledStatistics::None);
+    // Bytes zstd cannot shrink, so compressing them is time for nothing: random ids, and the
+    // delta-packed nanosecond times, whose low bits are noise (their pages came out of zstd 0.2%
+    // larger, 3.19 bytes an event, in `cargo bench -p sluice-store --bench ingest`).
+    for name in [COL_ID, COL_TIME_NS] {
+        b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
+    }
     // A string column whose values hardly repeat (message texts, item ids) gains nothing from a
     // dictionary: the writer would intern every value, then give up at the page-size limit.
     if let Some(first) = batches.first() {
@@ -413,8 +429,8 @@ fn write_one(
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
     let schema = batches[0].schema();
     let props = properties(batches, zstd_level);
-    let out = Vec::with_capacity(rows.len().saturating_mul(FLUSH_ROW_BYTES_RESERVED));
-    let writer = ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(|e| perr(&e))?;
+    let reserve = rows.len().saturating_mul(FLUSH_ROW_BYTES_RESERVED);
+    let mut out = SegmentOut::new(local_root, path, &schema, props, reserve)?;
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let col = |b: &RecordBatch, name: &str| -> UInt64Array {
         b.column_by_name(name).expect("fixed column").as_primitive::<UInt64Type>().clone()
@@ -443,7 +459,6 @@ fn write_one(
         meta.received_ns_min = meta.received_ns_min.min(v);
         meta.received_ns_max = meta.received_ns_max.max(v);
     }
-    let mut out = SegmentOut { path, writer, terms: TermsBuilder::new() };
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
         out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
@@ -454,11 +469,114 @@ fn write_one(
 /// A segment being written: its Parquet writer and its term index.
 struct SegmentOut<'a> {
     path: &'a str,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<SegmentSink>,
     terms: TermsBuilder,
 }
 
-impl SegmentOut<'_> {
+/// Where a segment's bytes go as they are written.
+enum SegmentSink {
+    /// The local file system: straight into the segment's [`PARTIAL_SUFFIX`] file, renamed to its
+    /// name once durable. The file is never held whole in memory, so its bytes are copied once
+    /// (into the page cache) rather than into tens of MB of fresh memory first and then the
+    /// page cache.
+    File(PartialFile),
+    /// Any other object store: the whole file in memory, then put at once.
+    Memory(Vec<u8>),
+}
+
+impl std::io::Write for SegmentSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            SegmentSink::File(f) => f.writer().write(buf),
+            SegmentSink::Memory(v) => v.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            SegmentSink::File(f) => f.writer().flush(),
+            SegmentSink::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// A segment file being written under its [`PARTIAL_SUFFIX`] name, deleted if dropped before
+/// [`PartialFile::rename`] (a write that failed leaves nothing behind).
+struct PartialFile {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    partial: std::path::PathBuf,
+    full: std::path::PathBuf,
+}
+
+impl PartialFile {
+    fn create(full: std::path::PathBuf) -> std::io::Result<PartialFile> {
+        let mut partial = full.clone().into_os_string();
+        partial.push(PARTIAL_SUFFIX);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = std::fs::File::create(&partial)?;
+        Ok(PartialFile {
+            file: Some(std::io::BufWriter::with_capacity(FILE_BUFFER_BYTES, file)),
+            partial: partial.into(),
+            full,
+        })
+    }
+
+    fn writer(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
+        self.file.as_mut().expect("written only before commit")
+    }
+
+    /// Write out and fsync the file; returns its size.
+    fn sync(&mut self) -> std::io::Result<u64> {
+        let file = self.writer();
+        file.flush()?;
+        file.get_ref().sync_all()?;
+        file.get_ref().metadata().map(|m| m.len())
+    }
+
+    /// Rename the (synced) file to its name and fsync the directory.
+    fn rename(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.partial, &self.full)?;
+        self.file = None;
+        match self.full.parent() {
+            Some(parent) => std::fs::File::open(parent)?.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: one left behind is deleted at the next start.
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+impl<'a> SegmentOut<'a> {
+    /// A writer of the segment at `path`: into a file under `local_root` when the store is the
+    /// local file system, else into memory (`reserve` bytes at first).
+    fn new(
+        local_root: Option<&Path>,
+        path: &'a str,
+        schema: &SchemaRef,
+        props: WriterProperties,
+        reserve: usize,
+    ) -> Result<SegmentOut<'a>, SegmentError> {
+        let sink = match local_root {
+            Some(root) => SegmentSink::File(
+                PartialFile::create(root.join(path))
+                    .map_err(|source| SegmentError::Io { path: path.to_string(), source })?,
+            ),
+            None => SegmentSink::Memory(Vec::with_capacity(reserve)),
+        };
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+            .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })?;
+        Ok(SegmentOut { path, writer, terms: TermsBuilder::new() })
+    }
+
     fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
         self.terms.add_batch(batch);
         self.writer
@@ -468,16 +586,28 @@ impl SegmentOut<'_> {
 
     /// Put the term index, then the segment (both durable); returns the segment's size.
     fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<u64, SegmentError> {
-        let data = Bytes::from(
-            self.writer
-                .into_inner()
-                .map_err(|e| SegmentError::Parquet { path: self.path.to_string(), reason: e.to_string() })?,
-        );
-        let bytes = data.len() as u64;
+        let path = self.path;
+        let sink = self
+            .writer
+            .into_inner()
+            .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })?;
         // The term index goes first: like the segment, it must be durable before a manifest lists it.
-        put(store, local_root, &terms_path(self.path), self.terms.finish())?;
-        put(store, local_root, self.path, data)?;
-        Ok(bytes)
+        let terms = self.terms.finish();
+        match sink {
+            SegmentSink::Memory(data) => {
+                let bytes = data.len() as u64;
+                put(store, local_root, &terms_path(path), terms)?;
+                put(store, local_root, path, Bytes::from(data))?;
+                Ok(bytes)
+            }
+            SegmentSink::File(mut file) => {
+                let io = |source| SegmentError::Io { path: path.to_string(), source };
+                let bytes = file.sync().map_err(io)?;
+                put(store, local_root, &terms_path(path), terms)?;
+                file.rename().map_err(io)?;
+                Ok(bytes)
+            }
+        }
     }
 }
 
@@ -537,9 +667,7 @@ pub fn merge_segments(
     let props = properties(&first, zstd_level);
     // The output is about as large as its inputs.
     let reserve = inputs.iter().map(|m| m.bytes as usize).sum::<usize>();
-    let writer = ArrowWriter::try_new(Vec::with_capacity(reserve + reserve / 8), schema.clone(), Some(props))
-        .map_err(|e| perr(&e))?;
-    let mut out = SegmentOut { path: &path, writer, terms: TermsBuilder::new() };
+    let mut out = SegmentOut::new(local_root, &path, &schema, props, reserve + reserve / 8)?;
 
     // Min-heap of the inputs' next rows by (source, shape, time, input).
     let mut heap = std::collections::BinaryHeap::new();
@@ -885,6 +1013,14 @@ mod tests {
         let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
         assert!(stats(COL_ID).is_none(), "random ids get no min/max");
         assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
+        let compression =
+            |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().compression();
+        for name in [COL_ID, COL_TIME_NS] {
+            assert_eq!(compression(name), Compression::UNCOMPRESSED, "{name}");
+        }
+        for name in [COL_SEQ, "message", "level"] {
+            assert!(matches!(compression(name), Compression::ZSTD(_)), "{name}");
+        }
         let sorting: Vec<(i32, bool)> =
             rg.sorting_columns().unwrap().iter().map(|c| (c.column_idx, c.descending)).collect();
         assert_eq!(sorting, [(1, false)], "declared sorted by sluice_source (then shape and time_ns)");
@@ -893,6 +1029,56 @@ mod tests {
         let order = UInt64Array::from((0..5000).step_by(2).chain((1..5000).step_by(2)).collect::<Vec<u64>>());
         let expected = arrow_select::take::take_record_batch(&b, &order).unwrap();
         assert_eq!(arrow_select::concat::concat_batches(&b.schema(), &back).unwrap(), expected);
+    }
+
+    /// Every file under `dir`, relative to it.
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_segment_is_written_in_place_on_local_disk_and_in_memory_elsewhere() {
+        let b = rows(3000);
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let mut counter = 0;
+        // Local: through a partial file that is renamed, so only the segment and its index remain.
+        let local =
+            write_segments(&store, Some(dir.path()), std::slice::from_ref(&b), &b.schema(), &mut counter, 3).unwrap();
+        assert_eq!(files_under(dir.path()), [local[0].path.clone(), terms_path(&local[0].path)]);
+        assert_eq!(std::fs::metadata(dir.path().join(&local[0].path)).unwrap().len(), local[0].bytes);
+        // Not local (no root to write files under): held in memory and put.
+        let memory = object_store::memory::InMemory::new();
+        let mut counter = 0;
+        let put = write_segments(&memory, None, std::slice::from_ref(&b), &b.schema(), &mut counter, 3).unwrap();
+        assert_eq!(put[0].bytes, local[0].bytes);
+        for (store, path) in [(&store as &dyn ObjectStore, &local[0].path), (&memory, &put[0].path)] {
+            let back = read_segment(store, path).unwrap();
+            assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 3000);
+            let terms = block_on(async { store.get(&ObjectPath::from(terms_path(path))).await?.bytes().await });
+            assert!(!terms.unwrap().is_empty());
+        }
+        // A segment file dropped before its rename (a failed write) leaves nothing behind.
+        let full = dir.path().join("segments/seg-000000000009.parquet");
+        let mut partial = PartialFile::create(full.clone()).unwrap();
+        partial.writer().write_all(b"PAR1").unwrap();
+        let partial_path = partial.partial.clone();
+        assert!(partial_path.to_string_lossy().ends_with(".parquet.partial") && partial_path.exists());
+        drop(partial);
+        assert!(!partial_path.exists() && !full.exists());
     }
 
     #[test]
