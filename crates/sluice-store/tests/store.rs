@@ -585,8 +585,11 @@ fn a_stray_file_under_segments_is_deleted_at_start_and_never_read() {
     std::fs::write(&stray, b"half a segm").unwrap();
     let stray_terms = dir.path().join("segments/sluice_date=2026-11-23/sluice_hour=05/seg-999999999998.terms");
     std::fs::write(&stray_terms, b"SLTERMS").unwrap();
+    // What a crash while writing a segment leaves.
+    let partial = dir.path().join("segments/sluice_date=2026-11-23/sluice_hour=05/seg-000000000002.parquet.partial");
+    std::fs::write(&partial, b"PAR1").unwrap();
     let store = Store::open(cfg(dir.path())).unwrap();
-    assert!(!stray.exists() && !stray_terms.exists());
+    assert!(!stray.exists() && !stray_terms.exists() && !partial.exists());
     assert_eq!(all_rows(&store).len(), 3);
     // The live segment keeps its term index.
     assert_term_indexes_consistent(&store, &rt);
