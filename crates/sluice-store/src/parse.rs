@@ -162,7 +162,7 @@ impl Cursor<'_> {
         self.expect(b'"')?;
         let start = self.i;
         let rest = &self.s[start..];
-        let stop = plain_len(rest).ok_or(Refused::Syntax)?;
+        let stop = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).ok_or(Refused::Syntax)?;
         match rest[stop] {
             b'"' => {
                 self.i = start + stop + 1;
@@ -198,7 +198,10 @@ impl Cursor<'_> {
                 _ => {
                     // Copy the run of plain bytes up to the next quote or backslash at once.
                     let from = self.i - 1;
-                    let run = plain_len(&self.s[from..]).ok_or(Refused::Syntax)?;
+                    let run = self.s[from..]
+                        .iter()
+                        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                        .ok_or(Refused::Syntax)?;
                     // Both ends are ASCII bytes, so they are character boundaries.
                     scratch.push_str(&text[from..from + run]);
                     self.i = from + run;
@@ -238,30 +241,6 @@ impl Cursor<'_> {
         };
         char::from_u32(code).ok_or(Refused::Syntax)
     }
-}
-
-/// Where the plain text at the start of `s` ends: the index of its first `"`, `\` or control
-/// byte (below 0x20), the bytes a JSON string's text cannot hold as they are. Eight bytes at a
-/// time: in each of the three masks below, a byte's high bit is set if the byte matches, and
-/// possibly in bytes above a match (a borrow), never below one, so the lowest bit set is the
-/// first match.
-fn plain_len(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |w: u64| w.wrapping_sub(ONES) & !w;
-    let mut at = 0;
-    for word in s.chunks_exact(8) {
-        let w = u64::from_le_bytes(word.try_into().expect("chunks of 8 bytes"));
-        let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
-        let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
-        let control = w.wrapping_sub(ONES * 0x20) & !w;
-        let m = (quote | backslash | control) & HIGH;
-        if m != 0 {
-            return Some(at + (m.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    s[at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).map(|p| at + p)
 }
 
 #[cfg(test)]
@@ -328,18 +307,6 @@ mod tests {
     }
 
     proptest::proptest! {
-        #[test]
-        fn plain_runs_end_at_the_first_quote_backslash_or_control_byte(
-            bytes in proptest::collection::vec(proptest::prop_oneof![
-                4 => 0x20u8..0x7f,
-                1 => proptest::prelude::any::<u8>(),
-                1 => proptest::sample::select(vec![b'"', b'\\', 0x1f, 0x20, 0x21, 0x5b, 0x5d, 0x7f, 0x80, 0xff]),
-            ], 0..40),
-        ) {
-            let want = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
-            proptest::prop_assert_eq!(plain_len(&bytes), want);
-        }
-
         #[test]
         fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
             let _ = Parsed::default().parse(&bytes);
