@@ -203,8 +203,8 @@ def pull(exe, work, certs, sources, lines, name="store"):
     _, status, usage = os.wait4(store.pid, 0)
     store.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, cpu_held_flush=cpu_held_flush, rss=rss, disk=du(store_dir), held=held, store_dir=store_dir,
-                minflt=usage.ru_minflt)
+    return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, cpu_held_flush=cpu_held_flush, rss=rss, disk=du(store_dir),
+                held=held, store_dir=store_dir, minflt=usage.ru_minflt)
 
 
 def one_run(exe, work, events, baselines):

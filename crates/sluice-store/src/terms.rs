@@ -165,8 +165,9 @@ const FLAG_SHRUNK: u32 = 1;
 const SEEN_SLOTS: usize = 1024;
 /// The same for item hashes, in front of each set of distinct items: common words repeat on most
 /// rows, and each repeat it catches is an item the set need not append and later sort. 32 KiB
-/// each, in the L2 cache (measured with hash sets behind it): against 1,024 slots, 5% less time in `cargo bench -p sluice-store --bench terms`
-/// (4,096 in the value table instead gained nothing).
+/// each, in the L2 cache (measured with hash sets behind it): against 1,024 slots, 5% less time
+/// in `cargo bench -p sluice-store --bench terms` (4,096 in the value table instead gained
+/// nothing).
 const RECENT_SLOTS: usize = 4096;
 /// Every possible 3-gram is a 24-bit number: a bitmap of them is 2 MiB.
 const TRIGRAM_SPACE: usize = 1 << 24;
