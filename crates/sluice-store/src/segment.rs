@@ -169,11 +169,17 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
         b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
     }
     // A string column whose values hardly repeat (message texts, item ids) gains nothing from a
-    // dictionary: the writer would intern every value, then give up at the page-size limit.
+    // dictionary: the writer would intern every value, then give up at the page-size limit. Nor
+    // from per-page min/max: a page of such values spans nearly their whole range (rows are in
+    // source, shape and time order, not in the column's), so it prunes nothing, while keeping it
+    // costs two comparisons per value. The column chunk keeps its statistics.
     if let Some(first) = batches.first() {
         for (i, field) in first.schema().fields().iter().enumerate() {
             if field.data_type() == &DataType::Utf8 && mostly_distinct(batches, i) {
-                b = b.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+                let path = ColumnPath::from(field.name().as_str());
+                b = b
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_statistics_enabled(path, EnabledStatistics::Chunk);
             }
         }
     }
@@ -248,7 +254,7 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
         *r = rank as u32;
     }
     // Each row's (hour, source rank, shape) becomes a group number that sorts as they do, so
-    // that the sort moves 16-byte keys (group, time_ns, row number) rather than 40-byte tuples:
+    // that rows are bucketed by group and only 16-byte keys (time_ns, row number) are sorted:
     // groups change only between runs of rows, so they are looked up once a run. Row numbers fit
     // in 32 bits: a flush holds at most `buffer_rows_max` (≤ 100,000,000) rows and one commit.
     let rows_total: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -289,33 +295,49 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
     for (rank, (_, g)) in keys.iter().enumerate() {
         rank_of[*g as usize] = rank as u32;
     }
+    // Rows are bucketed by group (a counting sort), then each group is sorted by (time, row
+    // number). A group's rows arrive as rising runs (a commit's lines of one source, in time
+    // order), which the run-aware stable sort merges rather than sorts afresh.
+    let mut bounds = vec![0usize; keys.len() + 1];
+    for &g in &row_groups {
+        bounds[rank_of[g as usize] as usize + 1] += 1;
+    }
+    for g in 0..keys.len() {
+        bounds[g + 1] += bounds[g];
+    }
+    let mut fill = bounds.clone();
+    let mut order: Vec<u128> = vec![0; rows_total];
     let mut starts = Vec::with_capacity(batches.len());
-    let mut order: Vec<u128> = Vec::with_capacity(rows_total);
     for b in batches {
         let first = starts.last().map_or(0, |&(s, n): &(usize, usize)| s + n);
         starts.push((first, b.num_rows()));
         let t = b.column(0).as_primitive::<UInt64Type>();
         for (i, v) in t.values().iter().enumerate() {
             let row = first + i;
-            let group = rank_of[row_groups[row] as usize];
-            order.push((u128::from(group) << 96) | (u128::from(*v) << 32) | row as u128);
+            let at = &mut fill[rank_of[row_groups[row] as usize] as usize];
+            order[*at] = (u128::from(*v) << 32) | row as u128;
+            *at += 1;
         }
     }
     drop(row_groups);
-    order.sort_unstable();
     // Row number → (batch, row): rows are numbered batch after batch.
     let batch_of: Vec<u32> =
         starts.iter().enumerate().flat_map(|(bi, &(_, n))| std::iter::repeat_n(bi as u32, n)).collect();
     let mut out: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
-    for key in order {
-        let row = (key & u128::from(u32::MAX)) as usize;
-        let hour = keys[(key >> 96) as usize].0 .0;
-        let bi = batch_of[row] as usize;
-        let ri = row - starts[bi].0;
-        match out.last_mut() {
-            Some((h, rows)) if *h == hour => rows.push((bi, ri)),
-            _ => out.push((hour, vec![(bi, ri)])),
+    for (g, ((hour, _, _), _)) in keys.iter().enumerate() {
+        let group = &mut order[bounds[g]..bounds[g + 1]];
+        group.sort();
+        if out.last().is_none_or(|(h, _)| h != hour) {
+            // The rows of every group of this hour.
+            let end = keys[g..].iter().take_while(|k| k.0 .0 == *hour).count() + g;
+            out.push((*hour, Vec::with_capacity(bounds[end] - bounds[g])));
         }
+        let rows = &mut out.last_mut().expect("pushed above").1;
+        rows.extend(group.iter().map(|&key| {
+            let row = (key & u128::from(u32::MAX)) as usize;
+            let bi = batch_of[row] as usize;
+            (bi, row - starts[bi].0)
+        }));
     }
     out
 }
@@ -390,26 +412,44 @@ pub fn write_segments(
     zstd_level: i32,
 ) -> Result<Vec<SegmentMeta>, SegmentError> {
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
-    // Which columns of `full` each batch has with at least one value.
-    let has_values: Vec<Vec<bool>> = batches
+    // The columns of `full` (by index) that each batch has with at least one value.
+    let index: HashMap<&str, usize, FxBuild> =
+        full.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
+    let has_values: Vec<Vec<usize>> = batches
         .iter()
         .map(|b| {
-            full.fields().iter().map(|f| b.column_by_name(f.name()).is_some_and(|c| c.null_count() < c.len())).collect()
+            let schema = b.schema();
+            let names = schema.fields().iter().map(|f| f.name().as_str());
+            names
+                .zip(b.columns())
+                .filter(|(_, c)| c.null_count() < c.len())
+                .filter_map(|(n, _)| index.get(n).copied())
+                .collect()
         })
         .collect();
     let mut metas = Vec::new();
-    for (hour, rows) in sorted_partitions(&batches) {
-        // Keep the key columns that have a value in a batch contributing rows to this partition.
-        let mut contributing = vec![false; batches.len()];
-        for (bi, _) in &rows {
-            contributing[*bi] = true;
+    for (hour, mut rows) in sorted_partitions(&batches) {
+        // Only the batches contributing rows to this partition take part, renumbered in order of
+        // first use (a buffer holds hundreds of batches, an hour of a backlog's tail a few of them).
+        let mut local = vec![usize::MAX; batches.len()];
+        let mut used: Vec<usize> = Vec::new();
+        for (bi, _) in rows.iter_mut() {
+            if local[*bi] == usize::MAX {
+                local[*bi] = used.len();
+                used.push(*bi);
+            }
+            *bi = local[*bi];
         }
-        let keep: Vec<usize> = (0..full.fields().len())
-            .filter(|&c| c < FIXED_COLUMNS.len() || has_values.iter().zip(&contributing).any(|(h, on)| *on && h[c]))
-            .collect();
+        // The fixed columns, and the key columns that have a value in a contributing batch.
+        let mut keep = vec![false; full.fields().len()];
+        keep[..FIXED_COLUMNS.len()].iter_mut().for_each(|k| *k = true);
+        for &b in &used {
+            has_values[b].iter().for_each(|&c| keep[c] = true);
+        }
+        let keep: Vec<usize> = (0..keep.len()).filter(|&c| keep[c]).collect();
         let schema = Arc::new(full.project(&keep).expect("projection indices come from the schema"));
         // Only the columns a batch lacks are made (all null); the others are shared.
-        let projected: Vec<RecordBatch> = batches.iter().map(|b| align(b, &schema)).collect();
+        let projected: Vec<RecordBatch> = used.iter().map(|&b| align(batches[b], &schema)).collect();
         *next_counter += 1;
         let path = segment_path(hour, *next_counter);
         let meta = write_one(store, local_root, &path, hour, &projected, &rows, zstd_level)?;
@@ -429,10 +469,13 @@ fn write_one(
 ) -> Result<SegmentMeta, SegmentError> {
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
     let schema = batches[0].schema();
-    let props = properties(batches, zstd_level);
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let mut slices = rows.chunks(WRITE_SLICE_ROWS);
+    // The writer's choices (dictionary or not) are judged from the partition's own first rows.
+    let first = gather(&refs, slices.next().expect("a partition has rows")).map_err(|e| perr(&e))?;
+    let props = properties(std::slice::from_ref(&first), zstd_level);
     let reserve = rows.len().saturating_mul(FLUSH_ROW_BYTES_RESERVED);
     let mut out = SegmentOut::new(local_root, path, &schema, props, reserve)?;
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
     let col = |b: &RecordBatch, name: &str| -> UInt64Array {
         b.column_by_name(name).expect("fixed column").as_primitive::<UInt64Type>().clone()
     };
@@ -460,7 +503,9 @@ fn write_one(
         meta.received_ns_min = meta.received_ns_min.min(v);
         meta.received_ns_max = meta.received_ns_max.max(v);
     }
-    for slice in rows.chunks(WRITE_SLICE_ROWS) {
+    out.write(&first)?;
+    drop(first);
+    for slice in slices {
         out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
     meta.bytes = out.finish(store, local_root)?;
@@ -1014,6 +1059,12 @@ mod tests {
         let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
         assert!(stats(COL_ID).is_none(), "random ids get no min/max");
         assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
+        // Per-page min/max (the column index) for repeating strings only; every column keeps its
+        // offset index, by which a query skips pages.
+        let chunk = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap();
+        assert!(chunk("level").column_index_offset().is_some(), "a repeating string column has page statistics");
+        assert!(chunk("message").column_index_offset().is_none(), "a unique string column has none");
+        assert!(chunk("message").offset_index_offset().is_some() && chunk("level").offset_index_offset().is_some());
         let compression =
             |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().compression();
         for name in [COL_ID, COL_TIME_NS] {
