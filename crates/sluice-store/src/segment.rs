@@ -14,7 +14,8 @@
 //! columns) with the columns of
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
-//! (it is random), and so is a string column whose values hardly repeat. Beside each
+//! (it is random) without statistics, and a string column whose values hardly repeat (judged from
+//! the partition's first rows) is plain with statistics per column chunk only. Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 //! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
 //! fsynced, and renamed once its term index is durable; through another object store it is put
