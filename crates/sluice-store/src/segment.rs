@@ -1000,16 +1000,26 @@ mod tests {
 
     #[test]
     fn gather_gives_what_picking_row_by_row_gives() {
-        // Three batches of one schema; the second has nulls in `message` and both string arrays of
-        // the third are slices (offsets not starting at 0).
-        let mut with_nulls = rows(700);
-        let message: ArrayRef =
-            Arc::new(StringArray::from((0..700).map(|i| (i % 3 != 0).then(|| format!("m{i}"))).collect::<Vec<_>>()));
-        let idx = with_nulls.schema().index_of("message").unwrap();
-        let mut columns = with_nulls.columns().to_vec();
-        columns[idx] = message;
-        with_nulls = RecordBatch::try_new(with_nulls.schema(), columns).unwrap();
-        let batches = [rows(500), with_nulls, rows(900).slice(100, 800)];
+        // Three batches of one schema with a nullable integer column `n`; the first has no nulls,
+        // the others have nulls in `message` and `n`, and every array of the third is a slice
+        // (offsets and null bits not starting at 0).
+        let with_n = |n: u64, nulls: bool| {
+            let b = rows(n);
+            let mut fields = b.schema().fields().to_vec();
+            fields.push(Arc::new(arrow_schema::Field::new("n", DataType::UInt64, true)));
+            let mut columns = b.columns().to_vec();
+            if nulls {
+                let idx = b.schema().index_of("message").unwrap();
+                columns[idx] = Arc::new(StringArray::from(
+                    (0..n).map(|i| (i % 3 != 0).then(|| format!("m{i}"))).collect::<Vec<_>>(),
+                ));
+            }
+            columns.push(Arc::new(UInt64Array::from(
+                (0..n).map(|i| (!nulls || i % 5 != 0).then_some(i)).collect::<Vec<_>>(),
+            )));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+        };
+        let batches = [with_n(500, false), with_n(700, true), with_n(900, true).slice(100, 800)];
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = |n: usize| {
