@@ -16,7 +16,7 @@
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
 //! (it is random) without statistics, and a string column whose values hardly repeat (judged from
 //! the partition's first rows) has no dictionary, its lengths delta-encoded apart from its bytes
-//! (`DELTA_LENGTH_BYTE_ARRAY`), and statistics per column chunk only. Beside each
+//! (`DELTA_LENGTH_BYTE_ARRAY`). Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 //! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
 //! fsynced, and renamed once its term index is durable; through another object store it is put
@@ -174,18 +174,16 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
     // dictionary: the writer would intern every value, then give up at the page-size limit. Its
     // lengths go delta-packed apart from its bytes rather than as a 4-byte prefix of each value:
     // fewer bytes for zstd to compress, and fewer left after it (−1.1% on disk and 2–4% less flush
-    // CPU in `cargo bench -p sluice-store --bench ingest`). Nor does it gain from per-page
-    // min/max: a page of such values spans nearly their whole range (rows are in source, shape
-    // and time order, not in the column's), so it prunes nothing, while keeping it costs two
-    // comparisons per value. The column chunk keeps its statistics.
+    // CPU in `cargo bench -p sluice-store --bench ingest`). It keeps its page statistics: their
+    // min/max prune nothing here, but their null counts let a query skip the pages of the other
+    // shapes (`url IS NOT NULL` took 13% longer on 2M events without them).
     if let Some(first) = batches.first() {
         for (i, field) in first.schema().fields().iter().enumerate() {
             if field.data_type() == &DataType::Utf8 && mostly_distinct(batches, i) {
                 let path = ColumnPath::from(field.name().as_str());
                 b = b
                     .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path.clone(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
-                    .set_column_statistics_enabled(path, EnabledStatistics::Chunk);
+                    .set_column_encoding(path, Encoding::DELTA_LENGTH_BYTE_ARRAY);
             }
         }
     }
@@ -1077,12 +1075,12 @@ mod tests {
         let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
         assert!(stats(COL_ID).is_none(), "random ids get no min/max");
         assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
-        // Per-page min/max (the column index) for repeating strings only; every column keeps its
-        // offset index, by which a query skips pages.
+        // Page statistics (the column index, whose null counts skip other shapes' pages) and the
+        // offset index for strings of both kinds.
         let chunk = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap();
-        assert!(chunk("level").column_index_offset().is_some(), "a repeating string column has page statistics");
-        assert!(chunk("message").column_index_offset().is_none(), "a unique string column has none");
-        assert!(chunk("message").offset_index_offset().is_some() && chunk("level").offset_index_offset().is_some());
+        for name in ["level", "message"] {
+            assert!(chunk(name).column_index_offset().is_some() && chunk(name).offset_index_offset().is_some());
+        }
         let compression =
             |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().compression();
         for name in [COL_ID, COL_TIME_NS] {
