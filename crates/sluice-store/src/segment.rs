@@ -14,9 +14,9 @@
 //! columns) with the columns of
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
-//! (it is random) without statistics, and a string column whose values hardly repeat (judged from
-//! the partition's first rows) has no dictionary, its lengths delta-encoded apart from its bytes
-//! (`DELTA_LENGTH_BYTE_ARRAY`). Beside each
+//! (it is random) and has no statistics; a string column whose values hardly repeat is plain too
+//! (judged once per flush from the buffered rows, per compaction from each input's first rows).
+//! Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 //! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
 //! fsynced, and renamed once its term index is durable; through another object store it is put
@@ -135,7 +135,9 @@ pub fn segment_path(hour: u64, counter: u64) -> String {
     format!("{SEGMENTS_DIR}/{}/seg-{counter:012}.parquet", partition_dir(hour))
 }
 
-fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
+/// The writer's settings for a segment of `schema`; `plain` names the string columns written
+/// without a dictionary ([`plain_columns`]).
+fn properties(schema: &Schema, plain: &HashSet<String>, zstd_level: i32) -> WriterProperties {
     let level = ZstdLevel::try_new(zstd_level).unwrap_or_default();
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -171,32 +173,38 @@ fn properties(batches: &[RecordBatch], zstd_level: i32) -> WriterProperties {
         b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
     }
     // A string column whose values hardly repeat (message texts, item ids) gains nothing from a
-    // dictionary: the writer would intern every value, then give up at the page-size limit. Its
-    // lengths go delta-packed apart from its bytes rather than as a 4-byte prefix of each value:
-    // fewer bytes for zstd to compress, and fewer left after it (−1.1% on disk and 2–4% less flush
-    // CPU in `cargo bench -p sluice-store --bench ingest`). It keeps its page statistics: their
-    // min/max prune nothing here, but their null counts let a query skip the pages of the other
-    // shapes (`url IS NOT NULL` took 13% longer on 2M events without them).
-    if let Some(first) = batches.first() {
-        for (i, field) in first.schema().fields().iter().enumerate() {
-            if field.data_type() == &DataType::Utf8 && mostly_distinct(batches, i) {
-                let path = ColumnPath::from(field.name().as_str());
-                b = b
-                    .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path, Encoding::DELTA_LENGTH_BYTE_ARRAY);
-            }
+    // dictionary: the writer would intern every value, then give up at the page-size limit.
+    for field in schema.fields() {
+        if field.data_type() == &DataType::Utf8 && plain.contains(field.name()) {
+            b = b.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
         }
     }
     b.build()
 }
 
-/// Whether the non-null values of string column `column` of `batches` are mostly distinct, judged
-/// from the first [`DICTIONARY_SAMPLE_VALUES`] of them.
-fn mostly_distinct(batches: &[RecordBatch], column: usize) -> bool {
+/// The string columns of `batches` whose values are mostly distinct ([`mostly_distinct`]): judged
+/// once for all the segments of a flush, from the rows in buffer order (sorted rows would show
+/// only the first source's first kind of event).
+fn plain_columns(batches: &[&RecordBatch]) -> HashSet<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for b in batches {
+        for f in b.schema_ref().fields() {
+            if f.data_type() == &DataType::Utf8 && !names.contains(&f.name().as_str()) {
+                names.push(f.name());
+            }
+        }
+    }
+    names.into_iter().filter(|n| mostly_distinct(batches, n)).map(str::to_owned).collect()
+}
+
+/// Whether the non-null values of string column `name` of `batches` (those that have it) are
+/// mostly distinct, judged from the first [`DICTIONARY_SAMPLE_VALUES`] of them.
+fn mostly_distinct(batches: &[&RecordBatch], name: &str) -> bool {
     let mut seen: HashSet<&str, FxBuild> = HashSet::default();
     let mut values = 0usize;
     'batches: for batch in batches {
-        let Some(strings) = batch.column(column).as_string_opt::<i32>() else { return false };
+        let Some(column) = batch.column_by_name(name) else { continue };
+        let Some(strings) = column.as_string_opt::<i32>() else { return false };
         for v in strings.iter().flatten() {
             seen.insert(v);
             values += 1;
@@ -431,6 +439,7 @@ pub fn write_segments(
                 .collect()
         })
         .collect();
+    let plain = plain_columns(&batches);
     let mut metas = Vec::new();
     for (hour, mut rows) in sorted_partitions(&batches) {
         // Only the batches contributing rows to this partition take part, renumbered in order of
@@ -456,7 +465,8 @@ pub fn write_segments(
         let projected: Vec<RecordBatch> = used.iter().map(|&b| align(batches[b], &schema)).collect();
         *next_counter += 1;
         let path = segment_path(hour, *next_counter);
-        let meta = write_one(store, local_root, &path, hour, &projected, &rows, zstd_level)?;
+        let props = properties(&schema, &plain, zstd_level);
+        let meta = write_one(store, local_root, &path, hour, &projected, &rows, props)?;
         metas.push(meta);
     }
     Ok(metas)
@@ -469,15 +479,11 @@ fn write_one(
     hour: u64,
     batches: &[RecordBatch],
     rows: &[(usize, usize)],
-    zstd_level: i32,
+    props: WriterProperties,
 ) -> Result<SegmentMeta, SegmentError> {
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
     let schema = batches[0].schema();
     let refs: Vec<&RecordBatch> = batches.iter().collect();
-    let mut slices = rows.chunks(WRITE_SLICE_ROWS);
-    // The writer's choices (dictionary or not) are judged from the partition's own first rows.
-    let first = gather(&refs, slices.next().expect("a partition has rows")).map_err(|e| perr(&e))?;
-    let props = properties(std::slice::from_ref(&first), zstd_level);
     let reserve = rows.len().saturating_mul(FLUSH_ROW_BYTES_RESERVED);
     let mut out = SegmentOut::new(local_root, path, &schema, props, reserve)?;
     let col = |b: &RecordBatch, name: &str| -> UInt64Array {
@@ -507,9 +513,7 @@ fn write_one(
         meta.received_ns_min = meta.received_ns_min.min(v);
         meta.received_ns_max = meta.received_ns_max.max(v);
     }
-    out.write(&first)?;
-    drop(first);
-    for slice in slices {
+    for slice in rows.chunks(WRITE_SLICE_ROWS) {
         out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
     meta.bytes = out.finish(store, local_root)?;
@@ -714,7 +718,8 @@ pub fn merge_segments(
     *next_counter += 1;
     let path = segment_path(hour, *next_counter);
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.clone(), reason: e.to_string() };
-    let props = properties(&first, zstd_level);
+    let first_refs: Vec<&RecordBatch> = first.iter().collect();
+    let props = properties(&schema, &plain_columns(&first_refs), zstd_level);
     // The output is about as large as its inputs.
     let reserve = inputs.iter().map(|m| m.bytes as usize).sum::<usize>();
     let mut out = SegmentOut::new(local_root, &path, &schema, props, reserve + reserve / 8)?;
@@ -983,19 +988,25 @@ mod tests {
     #[test]
     fn repeating_strings_get_a_dictionary_and_unique_ones_do_not() {
         let b = rows(5000);
-        let col = |name: &str| b.schema().index_of(name).unwrap();
-        assert!(mostly_distinct(std::slice::from_ref(&b), col("message")));
-        assert!(!mostly_distinct(std::slice::from_ref(&b), col("level")));
-        assert!(!mostly_distinct(std::slice::from_ref(&b), col(crate::buffer::COL_SOURCE)));
+        let plain = plain_columns(&[&b]);
+        assert!(plain.contains("message"));
+        assert!(!plain.contains("level") && !plain.contains(crate::buffer::COL_SOURCE));
         // Too few values to judge: keep the dictionary.
         let few = b.slice(0, DICTIONARY_SAMPLE_VALUES_MIN - 1);
-        assert!(!mostly_distinct(&[few], col("message")));
+        assert!(!mostly_distinct(&[&few], "message"));
+        // Judged over the batches that have the column, in order.
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("level", DataType::Utf8, true)])),
+            vec![Arc::new(StringArray::from(vec!["INFO"; 300])) as ArrayRef],
+        )
+        .unwrap();
+        assert!(plain_columns(&[&other, &b]).contains("message"));
         // The line is at half distinct: 60% goes plain, 40% keeps its dictionary.
         let share = |distinct: u64| {
             let values: Vec<String> = (0..1000u64).map(|i| format!("u{}", i % distinct)).collect();
             let schema = Arc::new(Schema::new(vec![Field::new("u", DataType::Utf8, true)]));
             let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(values)) as ArrayRef]).unwrap();
-            mostly_distinct(&[batch], 0)
+            mostly_distinct(&[&batch], "u")
         };
         assert!(share(600));
         assert!(!share(400));
@@ -1070,8 +1081,6 @@ mod tests {
         }
         assert!(encodings("level").1, "a repeating string column has a dictionary");
         assert!(!encodings("message").1, "a unique string column has none");
-        assert!(encodings("message").0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY));
-        assert!(!encodings("level").0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY));
         let stats = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap().statistics();
         assert!(stats(COL_ID).is_none(), "random ids get no min/max");
         assert!(stats(COL_TIME_NS).is_some() && stats("message").is_some());
