@@ -186,14 +186,12 @@ fn properties(schema: &Schema, plain: &HashSet<String>, zstd_level: i32) -> Writ
 /// once for all the segments of a flush, from the rows in buffer order (sorted rows would show
 /// only the first source's first kind of event).
 fn plain_columns(batches: &[&RecordBatch]) -> HashSet<String> {
-    let mut names: Vec<&str> = Vec::new();
-    for b in batches {
-        for f in b.schema_ref().fields() {
-            if f.data_type() == &DataType::Utf8 && !names.contains(&f.name().as_str()) {
-                names.push(f.name());
-            }
-        }
-    }
+    let names: HashSet<&str, FxBuild> = batches
+        .iter()
+        .flat_map(|b| b.schema_ref().fields().iter())
+        .filter(|f| f.data_type() == &DataType::Utf8)
+        .map(|f| f.name().as_str())
+        .collect();
     names.into_iter().filter(|n| mostly_distinct(batches, n)).map(str::to_owned).collect()
 }
 
