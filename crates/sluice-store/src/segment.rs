@@ -15,7 +15,7 @@
 //! [`crate::FIXED_COLUMNS`] and then the key columns that have a value in the segment, in registry
 //! order. `time_ns`, `sluice_received_ns` and `sluice_seq` are delta-encoded; `sluice_id` is plain
 //! (it is random) and has no statistics; a string column whose values hardly repeat is plain too
-//! (judged once per flush from the buffered rows, per compaction from each input's first rows).
+//! (judged once per flush from the buffered rows; a compaction keeps what most of its rows had).
 //! Beside each
 //! file, `seg-NNNNNNNNNNNN.terms` is its term index (see [`crate::terms`]), written just before it.
 //! On the local file system a segment is written straight to `seg-NNNNNNNNNNNN.parquet.partial`,
@@ -184,7 +184,7 @@ fn properties(schema: &Schema, plain: &HashSet<String>, zstd_level: i32) -> Writ
 
 /// The string columns of `batches` whose values are mostly distinct ([`mostly_distinct`]): judged
 /// once for all the segments of a flush, from the rows in buffer order (sorted rows would show
-/// only the first source's first kind of event).
+/// only the first source's first kind of event). A compaction inherits its inputs' choice.
 fn plain_columns(batches: &[&RecordBatch]) -> HashSet<String> {
     let names: HashSet<&str, FxBuild> = batches
         .iter()
@@ -695,9 +695,20 @@ pub fn merge_segments(
     let hour = inputs.first().map_or(0, |m| m.partition_hour);
     let mut readers = Vec::with_capacity(inputs.len());
     let mut present = Vec::with_capacity(inputs.len());
+    // Per string column, the rows of the inputs written without and with a dictionary.
+    let mut written: HashMap<String, (i64, i64), FxBuild> = HashMap::default();
     for m in inputs {
         let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: m.path.clone(), reason: e.to_string() };
         let builder = open_segment(store, &m.path)?;
+        for rg in builder.metadata().row_groups() {
+            for chunk in rg.columns().iter().filter(|c| c.column_type() == parquet::basic::Type::BYTE_ARRAY) {
+                let rows = written.entry(chunk.column_path().string()).or_default();
+                match chunk.dictionary_page_offset() {
+                    Some(_) => rows.1 += rg.num_rows(),
+                    None => rows.0 += rg.num_rows(),
+                }
+            }
+        }
         present.push(builder.schema().clone());
         readers.push(builder.with_batch_size(MERGE_READ_ROWS).build().map_err(|e| perr(&e))?);
     }
@@ -708,16 +719,19 @@ pub fn merge_segments(
     for (reader, m) in readers.into_iter().zip(inputs) {
         merge.push(MergeInput { reader, path: m.path.clone(), batch: usize::MAX, row: 0, rows: 0, shapes: Vec::new() });
     }
-    // The first batch of every input (also the sample for the writer's dictionary choices).
+    // The first batch of every input.
     for input in &mut merge {
         next_batch(input, &mut loaded, &schema)?;
     }
-    let first: Vec<RecordBatch> = merge.iter().filter_map(|i| loaded.get(i.batch).cloned().flatten()).collect();
     *next_counter += 1;
     let path = segment_path(hour, *next_counter);
     let perr = |e: &dyn std::fmt::Display| SegmentError::Parquet { path: path.clone(), reason: e.to_string() };
-    let first_refs: Vec<&RecordBatch> = first.iter().collect();
-    let props = properties(&schema, &plain_columns(&first_refs), zstd_level);
+    // A string column stays plain if most of its rows were written plain: the flushes judged that
+    // from their buffers, in arrival order, where the merge's first rows (in source, shape and time
+    // order) show only the first source's first kind of event.
+    let plain: HashSet<String> =
+        written.into_iter().filter(|(_, (plain, dict))| plain > dict).map(|(name, _)| name).collect();
+    let props = properties(&schema, &plain, zstd_level);
     // The output is about as large as its inputs.
     let reserve = inputs.iter().map(|m| m.bytes as usize).sum::<usize>();
     let mut out = SegmentOut::new(local_root, &path, &schema, props, reserve + reserve / 8)?;
@@ -1273,6 +1287,41 @@ mod tests {
         assert_eq!(files(dir.path()), before);
         let sorting = reader.metadata().row_group(0).sorting_columns().unwrap();
         assert_eq!(sorting.iter().map(|c| c.column_idx).collect::<Vec<_>>(), [1], "declared sorted by source");
+    }
+
+    #[test]
+    fn a_compaction_keeps_its_inputs_choice_of_dictionary() {
+        // In buffer order the distinct messages of source "b" come first, so the flush writes
+        // `message` plain; sorted, source "a"'s repeated message comes first, which is all a
+        // merge's first rows would show.
+        let dir = tempfile::tempdir().unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let n = 12_000;
+        let times: Vec<u64> = (0..n).map(|i| 1_795_410_000_000_000_000 + i).collect();
+        let distinct: Vec<String> = (0..n).map(|i| format!("request {i} done")).collect();
+        let b = rows_at(&times, &vec!["b"; n as usize], &distinct.iter().map(|m| Some(m.as_str())).collect::<Vec<_>>());
+        let a = rows_at(&times, &vec!["a"; n as usize], &vec![Some("the same"); n as usize]);
+        let full = b.schema();
+        let mut counter = 0;
+        let mut metas = Vec::new();
+        for _ in 0..2 {
+            metas.extend(
+                write_segments(&store, Some(dir.path()), &[b.clone(), a.clone()], &full, &mut counter, 3).unwrap(),
+            );
+        }
+        let dictionary = |path: &str| {
+            let reader = SerializedFileReader::new(std::fs::File::open(dir.path().join(path)).unwrap()).unwrap();
+            let rg = reader.metadata().row_group(0);
+            rg.columns()
+                .iter()
+                .find(|c| c.column_path().string() == "message")
+                .unwrap()
+                .dictionary_page_offset()
+                .is_some()
+        };
+        assert!(!dictionary(&metas[0].path), "the flush judged in buffer order");
+        let merged = merge_segments(&store, Some(dir.path()), &metas, &full, &mut counter, 3).unwrap();
+        assert!(!dictionary(&merged.path), "the compaction kept it");
     }
 
     #[test]
