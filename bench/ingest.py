@@ -197,6 +197,9 @@ def pull(exe, work, certs, sources, lines, name="store"):
     cpu_held = proc_cpu_s(store.pid)
     cpu_held_flush = flush_thread_cpu_s(store.pid)
     rss = peak_rss_mb(store.pid)
+    # Whether a compaction ran: it costs about as much as a flush of its rows, and whether one
+    # fits before the stop depends on how fast the flushes were (see BENCHMARKS, "B").
+    compactions = metric(listen, "sluice_store_compactions_total")
     # The CPU of its whole life, up to its exit: a graceful stop flushes what is still buffered, and
     # that work is part of ingesting it.
     store.terminate()
@@ -204,7 +207,7 @@ def pull(exe, work, certs, sources, lines, name="store"):
     store.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
     return dict(wall=wall, cpu=cpu, cpu_held=cpu_held, cpu_held_flush=cpu_held_flush, rss=rss, disk=du(store_dir),
-                held=held, store_dir=store_dir, minflt=usage.ru_minflt)
+                held=held, store_dir=store_dir, minflt=usage.ru_minflt, compactions=compactions)
 
 
 def one_run(exe, work, events, baselines):
@@ -238,7 +241,7 @@ def one_run(exe, work, events, baselines):
         baselines["gzip"] = len(subprocess.run(["gzip", "-6", "-c", raw_all], check=True, capture_output=True).stdout)
     zstd_bytes, gzip_bytes = baselines["zstd"], baselines["gzip"]
     return dict(lines=raw_lines, raw=raw_bytes, wall=wall, cpu=cpu, cpu_held=cpu_held, cpu_held_flush=cpu_held_flush,
-                rss=rss, disk=disk,
+                rss=rss, disk=disk, compactions=r["compactions"],
                 zstd=zstd_bytes, gzip=gzip_bytes, parts=breakdown(r["store_dir"]))
 
 
@@ -273,6 +276,8 @@ def main():
         ("the store's CPU-seconds: until all were held, fetching, parsing, WAL and buffer (the other threads) "
          "· flushing (the maintenance thread) · after: the final flush on stop",
          f"{cpu_held - cpu_held_flush:.2f} · {cpu_held_flush:.2f} · {cpu - cpu_held:.2f}", "", ""),
+        ("compactions before the stop, each run (a compaction adds about a flush's CPU)",
+         " · ".join(f"{r['compactions']:.0f}" for r in runs), "", ""),
         ("peak RSS of the store, MB", f"{rss:,.0f}", "< 1024", "met" if rss < 1024 else "NOT met"),
         ("bytes on disk per event (all of data_dir)", f"{disk / lines:.1f}", "", ""),
         ("zstd -19 of the raw lines, bytes per event", f"{zstd / lines:.1f}", "", ""),
