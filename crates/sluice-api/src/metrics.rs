@@ -63,6 +63,18 @@ pub fn render(store: &StoreStats, pull: &PullMetrics) -> String {
         c(store.maintenance_errors),
     );
     one(
+        "sluice_store_wal_append_errors",
+        "counter",
+        "WAL appends that failed and left the log intact (a full disk): their commits were refused and are sent again.",
+        c(store.wal_append_errors),
+    );
+    one(
+        "sluice_store_stopped",
+        "gauge",
+        "1 once the store stopped taking commits after a failed write (restart it to recover from the WAL).",
+        c(u64::from(store.stopped.is_some())),
+    );
+    one(
         "sluice_store_chunks_lost",
         "gauge",
         "Chunks recorded as lost since the data directory was created.",

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sluice_api::{Api, TokenSet};
 use sluice_pull::{Batch, PullMetrics};
 use sluice_sql::{Engine, EngineConfig, MaskKey};
-use sluice_store::{Store, StoreConfig};
+use sluice_store::{FailPoint, Store, StoreConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -58,11 +58,18 @@ struct Options {
     tokens: bool,
     keepalive: Duration,
     tls: Option<Arc<rustls::ServerConfig>>,
+    fail_at: Option<FailPoint>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { engine: EngineConfig::default(), tokens: true, keepalive: Duration::from_secs(15), tls: None }
+        Options {
+            engine: EngineConfig::default(),
+            tokens: true,
+            keepalive: Duration::from_secs(15),
+            tls: None,
+            fail_at: None,
+        }
     }
 }
 
@@ -82,6 +89,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(dir.path().join("data"));
         cfg.maintenance = false;
+        cfg.fail_at = o.fail_at;
         let store = Arc::new(tokio::task::spawn_blocking(move || Store::open(cfg)).await.unwrap().unwrap());
         let engine = Engine::with_key(store.clone(), o.engine, MaskKey::from_bytes(KEY));
         let tokens = if o.tokens {
@@ -102,6 +110,10 @@ impl Harness {
 
     /// Commits `lines` as one closed chunk of source `src-a`.
     async fn commit(&self, lines: &[String]) {
+        self.try_commit(lines).await.unwrap();
+    }
+
+    async fn try_commit(&self, lines: &[String]) -> Result<(), sluice_store::StoreError> {
         let chunk = self.chunks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut data = Vec::new();
         for l in lines {
@@ -117,7 +129,7 @@ impl Harness {
             received_ns: now_ns(),
             chunk_complete: true,
         };
-        self.store.commit_batch(batch).await.unwrap();
+        self.store.commit_batch(batch).await.map(|_| ())
     }
 
     async fn flush(&self) {
@@ -561,6 +573,43 @@ async fn tokens_roles_and_request_limits() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(r.json()["error"].as_str().unwrap().contains("tokens = \"tokens.toml\""), "{}", r.text());
     assert_eq!(h.get("/healthz", None, None).await.status, StatusCode::OK);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_why_new_events_are_refused() {
+    let metric = |text: &str, name: &str| {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    // A full disk: the commit is refused until there is room, and healthz says so meanwhile.
+    let h = Harness::start(Options { fail_at: Some(FailPoint::WalAppendDiskFull), ..Options::default() }).await;
+    let batch = lines(&events(0..5, now_ns()));
+    assert!(h.try_commit(&batch).await.is_err());
+    let r = h.get("/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.text().starts_with("new events refused, the write-ahead log cannot be written: wal file"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("No space left on device"), "{}", r.text());
+    let m = h.get("/metrics", None, None).await.text();
+    assert_eq!(metric(&m, "sluice_store_wal_append_errors_total"), "1");
+    assert_eq!(metric(&m, "sluice_store_stopped"), "0");
+    h.commit(&batch).await;
+    assert_eq!(h.get("/healthz", None, None).await.status, StatusCode::OK);
+    h.stop().await;
+
+    // A failed WAL sync: the store stops taking commits, and healthz says to restart it.
+    let h = Harness::start(Options { fail_at: Some(FailPoint::BeforeSync), ..Options::default() }).await;
+    assert!(h.try_commit(&batch).await.is_err());
+    let r = h.get("/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().starts_with("stopped after a failed write: injected failure at BeforeSync"), "{}", r.text());
+    assert!(r.text().contains("restart it to recover from the write-ahead log"), "{}", r.text());
+    assert_eq!(metric(&h.get("/metrics", None, None).await.text(), "sluice_store_stopped"), "1");
     h.stop().await;
 }
 

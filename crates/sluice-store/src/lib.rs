@@ -220,6 +220,9 @@ pub enum FailPoint {
     CompactAfterManifest,
     /// Manifest replaced, expired segments not yet deleted.
     RetentionAfterManifest,
+    /// Not a crash: the first WAL append writes half of its record and then fails as a full disk
+    /// does. The store refuses that commit and goes on.
+    WalAppendDiskFull,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +288,14 @@ pub struct StoreStats {
     /// Background maintenance failures (the last message in `maintenance_error`).
     pub maintenance_errors: u64,
     pub maintenance_error: Option<String>,
+    /// WAL appends that failed and left the log as it was (a full disk): their commits were
+    /// refused, to be sent again. `wal_append_error` is the last one's message, until an append
+    /// succeeds.
+    pub wal_append_errors: u64,
+    pub wal_append_error: Option<String>,
+    /// Why the store stopped taking commits (a failed WAL sync, or an append whose partial record
+    /// could not be cut off): only a restart, which replays the WAL, recovers.
+    pub stopped: Option<String>,
     /// Live segments whose term index was missing or invalid when loaded (they are read without
     /// pruning), and the last reason.
     pub terms_unavailable: u64,
@@ -420,7 +431,10 @@ impl Store {
         }
         let replay = wal::replay(&wal_dir)?;
         let existing: Vec<(u64, u64)> = replay.files.iter().map(|f| (f.index, f.bytes)).collect();
-        let wal = WalWriter::open(&wal_dir, &existing)?;
+        let mut wal = WalWriter::open(&wal_dir, &existing)?;
+        if cfg.fail_at == Some(FailPoint::WalAppendDiskFull) {
+            wal.tear_next_append();
+        }
         let mut stats = StoreStats {
             chunks_lost: manifest.chunks_lost_total,
             compactions: manifest.compactions_total,
@@ -567,6 +581,7 @@ impl Store {
         st.progress_entries = s.progress.values().map(|m| m.len() as u64).sum();
         st.seq_next = s.next_seq;
         st.seq_flushed = s.manifest.flushed_seq;
+        st.stopped = s.poisoned.clone();
         (st.terms_unavailable, st.terms_error) = self.inner.terms.unavailable();
         st
     }
@@ -660,8 +675,17 @@ impl Sink for Store {
         if wal::encode(&rec, &mut s.encode_buf).is_ok() {
             let buf = std::mem::take(&mut s.encode_buf);
             match s.wal.append(&buf) {
-                Ok(()) => s.lsn_appended += buf.len() as u64,
-                Err(e) => s.poisoned = Some(e.to_string()),
+                Ok(()) => {
+                    s.lsn_appended += buf.len() as u64;
+                    s.stats.wal_append_error = None;
+                }
+                Err(e) if !e.log_intact() => s.poisoned = Some(e.to_string()),
+                // A full disk: the mark is applied below all the same and kept by the next
+                // flush's manifest; a crash before that only means the chunk is found gone again.
+                Err(e) => {
+                    s.stats.wal_append_errors += 1;
+                    s.stats.wal_append_error = Some(e.to_string());
+                }
             }
             s.encode_buf = buf;
         }
@@ -759,12 +783,17 @@ async fn commit(inner: &Arc<Inner>, batch: Batch) -> Result<CommitOutcome, Store
             let len = buf.len() as u64;
             s.encode_buf = buf;
             if let Err(e) = res {
-                // A failed append may have left part of a record: nothing after it may be acked.
-                if !matches!(e, WalError::TooLarge { .. }) {
+                if !e.log_intact() {
+                    // Part of a record is left in the log: nothing after it may be acknowledged.
                     s.poisoned = Some(e.to_string());
+                } else if !matches!(e, WalError::TooLarge { .. }) {
+                    // A full disk: refused, and sent again by the puller once there is room.
+                    s.stats.wal_append_errors += 1;
+                    s.stats.wal_append_error = Some(e.to_string());
                 }
                 return Err(e.into());
             }
+            s.stats.wal_append_error = None;
             s.next_seq += kept;
             s.lsn_appended += len;
             s.stats.wal_records += 1;

@@ -89,6 +89,21 @@ pub enum WalError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("wal record of {bytes} bytes is larger than the limit of {WAL_RECORD_BYTES_MAX}; send smaller batches")]
     TooLarge { bytes: usize },
+    /// An append failed part-way and the part it wrote could not be cut off: the file no longer
+    /// ends on a whole record, so nothing may be appended after it.
+    #[error(
+        "wal file {path}: {source}, and cutting off the partly written record failed too ({cut}); \
+         check that the data directory is writable and the disk not full"
+    )]
+    Torn { path: PathBuf, source: std::io::Error, cut: std::io::Error },
+}
+
+impl WalError {
+    /// Whether the log can take further appends after this error: every error but [`WalError::Torn`]
+    /// leaves it as it was before the failed append.
+    pub fn log_intact(&self) -> bool {
+        !matches!(self, WalError::Torn { .. })
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -330,6 +345,8 @@ pub struct WalWriter {
     dir_dirty: bool,
     /// Sizes of the live files, by index.
     files: std::collections::BTreeMap<u64, u64>,
+    /// Test hook: the next append writes half of its records, then fails as a full disk does.
+    torn_next: bool,
 }
 
 /// Files (and the directory) that a sync must cover to make everything appended so far durable.
@@ -354,6 +371,7 @@ impl WalWriter {
             unsynced: Vec::new(),
             dir_dirty: true,
             files,
+            torn_next: false,
         };
         w.files.insert(index, file_bytes);
         Ok(w)
@@ -370,16 +388,41 @@ impl WalWriter {
     }
 
     /// Append encoded records (one or more, with headers). Rotates first if the file is full.
+    ///
+    /// A write that fails part-way (a full disk) is cut off again, so that the file ends on the
+    /// last whole record and a later append follows it as if the failed one had never been tried:
+    /// the error then leaves the log intact ([`WalError::log_intact`]). Only if the cut fails too
+    /// is the error [`WalError::Torn`].
     pub fn append(&mut self, encoded: &[u8]) -> Result<(), WalError> {
         if self.file_bytes >= WAL_FILE_BYTES_MAX {
             self.rotate()?;
         }
         let path = file_path(&self.dir, self.index);
-        (&*self.file).write_all(encoded).map_err(io(&path))?;
+        let written = if std::mem::take(&mut self.torn_next) {
+            let half = &encoded[..encoded.len() / 2];
+            (&*self.file).write_all(half).and_then(|()| Err(std::io::Error::from_raw_os_error(28)))
+        // ENOSPC
+        } else {
+            (&*self.file).write_all(encoded)
+        };
+        if let Err(source) = written {
+            // The file is opened for appending: once cut, the next write lands at its end.
+            return Err(match self.file.set_len(self.file_bytes) {
+                Ok(()) => WalError::Io { path, source },
+                Err(cut) => WalError::Torn { path, source, cut },
+            });
+        }
         self.file_bytes += encoded.len() as u64;
         self.files.insert(self.index, self.file_bytes);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Make the next append write half of its records and then fail as a full disk does (for
+    /// tests of what follows a failed write).
+    #[doc(hidden)]
+    pub fn tear_next_append(&mut self) {
+        self.torn_next = true;
     }
 
     /// Close the current file and start the next one.
@@ -432,7 +475,11 @@ impl WalWriter {
 fn create(dir: &Path, index: u64) -> Result<(Arc<File>, u64), WalError> {
     let path = file_path(dir, index);
     let mut file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io(&path))?;
-    file.write_all(WAL_MAGIC).map_err(io(&path))?;
+    if let Err(e) = file.write_all(WAL_MAGIC) {
+        // Not yet part of the log: removed, so that a later try can create it again.
+        let _ = std::fs::remove_file(&path);
+        return Err(io(&path)(e));
+    }
     Ok((Arc::new(file), WAL_MAGIC.len() as u64))
 }
 
@@ -510,6 +557,38 @@ mod tests {
         let again = replay(dir.path()).unwrap();
         assert_eq!(again.files[0].records, records[..2]);
         assert_eq!(again.cut_bytes, 0);
+    }
+
+    #[test]
+    fn an_append_that_fails_part_way_leaves_the_log_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::open(dir.path(), &[]).unwrap();
+        let records = [commit(1, b"{\"a\":1}\n"), commit(2, b"x\ny\n"), commit(4, b"z\n")];
+        let encoded: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| {
+                let mut buf = Vec::new();
+                encode(r, &mut buf).unwrap();
+                buf
+            })
+            .collect();
+        w.append(&encoded[0]).unwrap();
+        let before = w.bytes();
+        // The disk fills half-way through the second record: it is refused, nothing of it stays.
+        w.tear_next_append();
+        let e = w.append(&encoded[1]).unwrap_err();
+        assert!(e.log_intact(), "{e}");
+        assert!(e.to_string().contains("No space left on device"), "{e}");
+        assert_eq!(w.bytes(), before);
+        assert_eq!(fs::metadata(file_path(dir.path(), 1)).unwrap().len(), before);
+        // Space again: the retry and the next record follow the first as if nothing had happened.
+        w.append(&encoded[1]).unwrap();
+        w.append(&encoded[2]).unwrap();
+        drop(w);
+        let r = replay(dir.path()).unwrap();
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.files[0].records, records);
+        assert_eq!(r.cut_bytes, 0);
     }
 
     #[test]

@@ -573,6 +573,38 @@ fn a_crash_at_every_step_loses_nothing_acknowledged_and_stores_nothing_twice() {
 }
 
 #[test]
+fn a_full_disk_refuses_a_commit_and_the_retry_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let lines = chunk_lines(11, "C", 30);
+    let off = offsets(&lines);
+    let ids = |r: std::ops::Range<usize>| r.map(|i| id_of(11, "C", off[i], &lines[i])).collect::<BTreeSet<_>>();
+    {
+        let mut c = cfg(dir.path());
+        c.fail_at = Some(FailPoint::WalAppendDiskFull);
+        let store = Store::open(c).unwrap();
+        // The disk fills half-way through the first record: refused, not acknowledged, and said so.
+        let e = rt.block_on(store.commit(batch(11, "C", 0, &lines[..10], false))).unwrap_err();
+        assert!(e.contains("No space left on device"), "{e}");
+        let st = store.stats();
+        assert_eq!((st.wal_append_errors, st.stopped.as_deref()), (1, None));
+        assert!(st.wal_append_error.as_deref().is_some_and(|m| m.contains("disk not full")), "{st:?}");
+        assert_eq!(store.progress(11, "C"), None);
+        // Room again: the puller sends the same lines again, then goes on.
+        rt.block_on(store.commit(batch(11, "C", 0, &lines[..10], false))).unwrap();
+        assert_eq!(store.stats().wal_append_error, None);
+        rt.block_on(store.commit(batch(11, "C", off[10], &lines[10..20], false))).unwrap();
+        assert_exactly(&store, &ids(0..20));
+        // Dropped without a flush: the rows live only in the WAL, behind the failed append.
+    }
+    let store = Store::open(cfg(dir.path())).unwrap();
+    assert_exactly(&store, &ids(0..20));
+    rt.block_on(store.commit(batch(11, "C", 0, &lines, true))).unwrap();
+    store.flush().unwrap();
+    assert_exactly(&store, &ids(0..30));
+}
+
+#[test]
 fn a_stray_file_under_segments_is_deleted_at_start_and_never_read() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();

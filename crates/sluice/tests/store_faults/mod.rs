@@ -1,7 +1,9 @@
 //! End-to-end faults of `sluice store` with real supervisors over mTLS: `kill -9` at random
-//! moments and aborts inside compaction (then every event exactly once in the live segments), and
+//! moments and aborts inside compaction (then every event exactly once in the live segments),
 //! chunks discarded by a supervisor before the store could fetch them (counted as lost, not
-//! retried). Not here: the single-kill and outage tests of the store, which stay in `cli.rs`.
+//! retried), and a data directory on a disk that fills up (ingest pauses and resumes, nothing lost
+//! or stored twice). Not here: the single-kill and outage tests of the store, which stay in
+//! `cli.rs`.
 
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
@@ -294,6 +296,112 @@ fn chunks_discarded_before_fetch_are_counted_lost_once_and_the_rest_is_stored() 
     let discards = duckdb_query(&store_dir, "SELECT count(*) FROM e WHERE sluice_event = 'retention_discard'");
     let discards: u64 = discards.first().expect("a count").parse().unwrap();
     assert!(discards >= 1, "the supervisor's retention_discard events are stored");
+}
+
+/// Set (by `.ci/run`, where it can mount) to make the full-disk test fail rather than skip when it
+/// cannot mount its small file system.
+const TMPFS_ENV: &str = "SLUICE_TEST_TMPFS";
+
+/// A tmpfs mounted on a directory for as long as this lives.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mount one of `size` (as `mount -o size=` takes it) on `dir`; `None` where mounting is not
+    /// permitted (not root, or no `CAP_SYS_ADMIN`).
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("mount: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let out = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_pauses_ingest_and_it_resumes_with_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Smaller than one closed chunk (1 MB), which the store commits whole: its first commit of one
+    // finds the disk full.
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), "1m") else {
+        assert!(std::env::var_os(TMPFS_ENV).is_none(), "{TMPFS_ENV} is set but a tmpfs cannot be mounted");
+        eprintln!("skipped: cannot mount a tmpfs here (needs root); {TMPFS_ENV}=1 makes that a failure");
+        return;
+    };
+    let certs = make_certs(dir.path());
+    let flags = tls_flags(&certs, &certs.join("allowed-clients.txt"));
+    let sup_args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let data = dir.path().join("sup");
+    let exe = env!("CARGO_BIN_EXE_sluice");
+    // The child stays after its events: a supervisor whose child has exited stops serving.
+    let script = format!("{exe} gen --count 40000 --seed 8; exec sleep 3600");
+    let sup = Supervisor::start(&data, &sup_args, &["sh", "-c", &script]);
+    wait_until("the backlog is written", || child_lines(&data) == 40_000);
+    let config =
+        write_store_config(&disk.0, &certs, "flush_age_max = \"1s\"\n", &[("web".into(), sup.ready_field("chunks"))]);
+    let store_dir = disk.0.join("store");
+    let mut store = StoreProc::start(&config);
+
+    // Commits are refused while the disk is full, and /healthz says why.
+    wait_until("the store reports the full disk", || {
+        let (code, body) = store.healthz();
+        code == 503 && body.contains("No space left on device")
+    });
+    let (_, body) = store.healthz();
+    assert!(body.starts_with("new events refused, the write-ahead log cannot be written: wal file"), "{body}");
+    assert!(store.metric("sluice_store_wal_append_errors_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(store.metric("sluice_store_stopped"), Some(0.0));
+
+    // Room again: the store catches up by itself.
+    disk.resize("256m");
+    let child_ids = || -> HashSet<u128> {
+        let stream = std::fs::read_to_string(data.join("stream-id")).unwrap();
+        let stream = u128::from_str_radix(stream.trim(), 16).unwrap();
+        let mut ids = HashSet::new();
+        for (id, bytes, _) in chunks(&data) {
+            let mut offset = 0u64;
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                if let Some(l) = line.strip_suffix(b"\n").filter(|l| !is_own(l)) {
+                    ids.insert(sluice_event::event_id(stream, &id.to_string(), offset, l));
+                }
+                offset += line.len() as u64;
+            }
+        }
+        ids
+    };
+    let want = child_ids();
+    assert_eq!(want.len(), 40_000);
+    wait_until("every event of the backlog is in the segments", || {
+        want.is_subset(&duckdb_ids(&store_dir).1.into_iter().collect())
+    });
+    assert_eq!(store.healthz(), (200, "ok\n".to_string()));
+    store.signal(libc::SIGTERM);
+    assert_eq!(store.wait(), 0);
+
+    let (rows, ids) = duckdb_ids(&store_dir);
+    let stored: HashSet<u128> = ids.iter().copied().collect();
+    assert_eq!(rows as usize, stored.len(), "no event twice");
+    assert!(want.is_subset(&stored), "{} of the backlog's events are missing", want.difference(&stored).count());
 }
 
 #[test]

@@ -248,6 +248,18 @@ impl StoreProc {
             .unwrap_or_default()
     }
 
+    /// `GET /healthz`: the status code and the body (code 0 if the request fails).
+    pub fn healthz(&self) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", &format!("http://{}/healthz", self.listen)])
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .unwrap_or_default();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
     /// One metric value from /metrics (None if the scrape or the metric is missing).
     pub fn metric(&self, name: &str) -> Option<f64> {
         metric_in(&self.metrics(), name)
