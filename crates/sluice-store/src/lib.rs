@@ -285,7 +285,8 @@ pub struct StoreStats {
     /// The next `sluice_seq` to hand out, and the highest one in segments.
     pub seq_next: u64,
     pub seq_flushed: u64,
-    /// Background maintenance failures (the last message in `maintenance_error`).
+    /// Background maintenance failures; `maintenance_error` is the last one's message, until a
+    /// pass of maintenance succeeds.
     pub maintenance_errors: u64,
     pub maintenance_error: Option<String>,
     /// WAL appends that failed and left the log as it was (a full disk): their commits were
@@ -1264,10 +1265,14 @@ fn maintenance_loop(inner: &Inner) {
             last_retention = Instant::now();
             result = retention(inner, now_ns()).map(|_| ());
         }
-        if let Err(e) = result {
-            let mut s = lock(&inner.state);
-            s.stats.maintenance_errors += 1;
-            s.stats.maintenance_error = Some(e.to_string());
+        let mut s = lock(&inner.state);
+        match result {
+            Err(e) => {
+                s.stats.maintenance_errors += 1;
+                s.stats.maintenance_error = Some(e.to_string());
+            }
+            // The failure is over (the disk has room again, say): health reflects the last pass.
+            Ok(()) => s.stats.maintenance_error = None,
         }
     }
 }

@@ -664,6 +664,37 @@ fn background_maintenance_flushes_at_the_row_threshold() {
 }
 
 #[test]
+fn a_flush_that_fails_is_retried_and_the_error_clears_once_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = StoreConfig::new(dir.path());
+    c.flush_rows_max = 10;
+    let store = Store::open(c).unwrap();
+    // A file where the events' partition directory goes: writing their segment fails (as a full
+    // or broken disk would make it), whoever runs the test.
+    let blocker = dir.path().join("segments/sluice_date=2026-11-23");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"in the way").unwrap();
+    rt.block_on(store.commit(batch(14, "C", 0, &chunk_lines(14, "C", 25), false))).unwrap();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "not within 60 s: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    wait("a failed flush", &|| store.stats().maintenance_error.is_some());
+    assert!(store.manifest().segments.is_empty());
+    assert_eq!(store.stats().rows_buffered, 25, "the rows stay buffered");
+    std::fs::remove_file(&blocker).unwrap();
+    wait("a flush after the failure", &|| !store.manifest().segments.is_empty());
+    wait("the error to clear", &|| store.stats().maintenance_error.is_none());
+    assert!(store.stats().maintenance_errors >= 1);
+    assert_eq!(all_rows(&store).len(), 25);
+    store.close().unwrap();
+}
+
+#[test]
 fn the_buffer_is_bounded_by_bytes_and_flushes_at_half_of_them() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
