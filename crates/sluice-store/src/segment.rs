@@ -7,7 +7,9 @@
 //! # Layout
 //!
 //! `segments/sluice_date=YYYY-MM-DD/sluice_hour=HH/seg-NNNNNNNNNNNN.parquet`: Hive-style, UTC,
-//! by the hour of `time_ns`; `N` is the manifest's segment counter. Each file is plain Parquet
+//! by the hour of `time_ns` (but a flush writes at most [`FLUSH_PARTITIONS_MAX`] hours: past
+//! that, the rows of its least populated hours are filed under the hour they were received, see
+//! [`bound_partitions`]); `N` is the manifest's segment counter. Each file is plain Parquet
 //! (zstd but for `sluice_id` and `time_ns`, which it cannot shrink; dictionary-encoded strings,
 //! page statistics, rows sorted by `sluice_source`, then shape (the set of keys a row has a value
 //! for, see `sorted_partitions`), then `time_ns`; the source is declared in the file's sorting
@@ -233,9 +235,10 @@ fn row_shapes(batch: &RecordBatch) -> Vec<u64> {
     shapes
 }
 
-/// Rows to write: `batches` all have `schema`. Cut by hour, and within an hour sorted by
-/// (`sluice_source`, shape, `time_ns`, position). Returns, per partition hour in ascending order,
-/// the (batch, row) indices of its rows in order.
+/// Rows to write: `batches` all have `schema`. Cut by hour (at most [`FLUSH_PARTITIONS_MAX`]
+/// partitions, see [`bound_partitions`]), and within an hour sorted by (`sluice_source`, shape,
+/// `time_ns`, position). Returns, per partition hour in ascending order, the (batch, row) indices
+/// of its rows in order.
 ///
 /// Source first: each source's rows are then one run, in which the columns the store adds
 /// (source, stream, receive time, sequence number) hardly change from row to row and compress to
@@ -298,13 +301,24 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
             row_groups.push(group);
         }
     }
-    // Renumber the groups in key order.
     let mut keys: Vec<((u64, u32, u64), u32)> = groups.into_iter().collect();
+    let mut group_rows = vec![0usize; keys.len()];
+    for &g in &row_groups {
+        group_rows[g as usize] += 1;
+    }
+    bound_partitions(&mut keys, &group_rows, received_hour(batches));
+    // Renumber the groups in key order; groups whose rows were moved to another hour may now share
+    // a key, and become one.
     keys.sort_unstable();
     let mut rank_of = vec![0u32; keys.len()];
-    for (rank, (_, g)) in keys.iter().enumerate() {
-        rank_of[*g as usize] = rank as u32;
+    let mut distinct: Vec<(u64, u32, u64)> = Vec::with_capacity(keys.len());
+    for (key, g) in &keys {
+        if distinct.last() != Some(key) {
+            distinct.push(*key);
+        }
+        rank_of[*g as usize] = (distinct.len() - 1) as u32;
     }
+    let keys = distinct;
     // Rows are bucketed by group (a counting sort), then each group is sorted by (time, row
     // number). A group's rows arrive as rising runs (a commit's lines of one source, in time
     // order), which the run-aware stable sort merges rather than sorts afresh.
@@ -334,12 +348,12 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
     let batch_of: Vec<u32> =
         starts.iter().enumerate().flat_map(|(bi, &(_, n))| std::iter::repeat_n(bi as u32, n)).collect();
     let mut out: Vec<(u64, Vec<(usize, usize)>)> = Vec::new();
-    for (g, ((hour, _, _), _)) in keys.iter().enumerate() {
+    for (g, (hour, _, _)) in keys.iter().enumerate() {
         let group = &mut order[bounds[g]..bounds[g + 1]];
         group.sort();
         if out.last().is_none_or(|(h, _)| h != hour) {
             // The rows of every group of this hour.
-            let end = keys[g..].iter().take_while(|k| k.0 .0 == *hour).count() + g;
+            let end = keys[g..].iter().take_while(|k| k.0 == *hour).count() + g;
             out.push((*hour, Vec::with_capacity(bounds[end] - bounds[g])));
         }
         let rows = &mut out.last_mut().expect("pushed above").1;
@@ -350,6 +364,45 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
         }));
     }
     out
+}
+
+/// Most hour partitions one flush writes (one segment each).
+pub const FLUSH_PARTITIONS_MAX: usize = 64;
+
+/// The hour the last of `batches`' rows was received.
+fn received_hour(batches: &[&RecordBatch]) -> u64 {
+    let latest = batches
+        .iter()
+        .filter_map(|b| b.column_by_name(COL_RECEIVED_NS)?.as_primitive::<UInt64Type>().values().iter().max().copied())
+        .max();
+    partition_hour(latest.unwrap_or(0))
+}
+
+/// Bounds the partitions of one flush: when the groups (`(hour, source, shape)` keys, with their
+/// row counts in `group_rows`) fall in more than [`FLUSH_PARTITIONS_MAX`] hours, the hours with the
+/// most rows (the later of equals) keep theirs, and the rows of the others are filed under `spill`,
+/// the hour they were received. Their `time_ns` stays as it is, and queries prune by each segment's
+/// range of `time_ns` (in the manifest), never by its path, so they are found all the same. A
+/// backlog or an import spans a few hours per flush and keeps every one; a source with a broken
+/// clock does not: 20,000 events with random times made 19,748 segments of 15 KB each (298 MB on
+/// disk for 1 MB of events) in a flush of more than a minute.
+fn bound_partitions(keys: &mut [((u64, u32, u64), u32)], group_rows: &[usize], spill: u64) {
+    let mut per_hour: HashMap<u64, usize, FxBuild> = HashMap::default();
+    for ((hour, _, _), g) in keys.iter() {
+        *per_hour.entry(*hour).or_default() += group_rows[*g as usize];
+    }
+    if per_hour.len() <= FLUSH_PARTITIONS_MAX {
+        return;
+    }
+    let mut hours: Vec<(usize, u64)> = per_hour.into_iter().map(|(h, n)| (n, h)).collect();
+    hours.sort_unstable_by(|a, b| b.cmp(a));
+    // One place is left for `spill`, unless it is among those kept anyway.
+    let kept: HashSet<u64, FxBuild> = hours.iter().take(FLUSH_PARTITIONS_MAX - 1).map(|&(_, h)| h).collect();
+    for ((hour, _, _), _) in keys.iter_mut() {
+        if !kept.contains(hour) {
+            *hour = spill;
+        }
+    }
 }
 
 /// The rows `rows` (batch, row) of `batches` (all of one schema), in that order, as one batch.
@@ -995,6 +1048,47 @@ mod tests {
         assert_eq!(got, want);
         let hours: std::collections::BTreeSet<u64> = got.iter().map(|g| g.0).collect();
         assert_eq!(hours.len(), 2, "both hours are there");
+    }
+
+    #[test]
+    fn a_flush_writes_at_most_the_bounded_number_of_partitions() {
+        let hour = NS_PER_HOUR;
+        let t0 = 1_795_410_000_000_000_000u64; // every row's receive time in `rows_at`
+                                               // 30 hours with 50 rows each (a backlog), then 170 hours of one row each (a broken clock).
+        let mut times: Vec<u64> = (0..30u64).flat_map(|h| (0..50).map(move |i| t0 - (h + 1) * hour + i)).collect();
+        times.extend((0..170u64).map(|i| (i * 97 + 13) * 100 * hour + i));
+        let sources: Vec<&str> = (0..times.len()).map(|i| ["web-1", "web-2"][i % 2]).collect();
+        let messages: Vec<Option<&str>> = (0..times.len()).map(|i| (i % 3 == 0).then_some("m")).collect();
+        let b = rows_at(&times, &sources, &messages);
+        let got = sorted_partitions(&[&b]);
+        assert_eq!(got.len(), FLUSH_PARTITIONS_MAX);
+        let hours: Vec<u64> = got.iter().map(|(h, _)| *h).collect();
+        // The backlog's hours all keep their own partitions, and the receive hour takes the rest.
+        for h in 0..30 {
+            assert!(hours.contains(&(t0 / hour - h - 1)), "backlog hour {h}");
+        }
+        assert!(hours.contains(&(t0 / hour)));
+        let times_col = b.column(0).as_primitive::<UInt64Type>();
+        let shapes = row_shapes(&b);
+        let mut seen = vec![false; times.len()];
+        for (h, rows) in &got {
+            for &(_, r) in rows {
+                assert!(!std::mem::replace(&mut seen[r], true), "row {r} twice");
+                let t = times_col.value(r);
+                assert!(t / hour == *h || *h == t0 / hour, "row at {t} is in its hour or the receive hour");
+            }
+            // Still sorted by source, shape, then time within the partition.
+            let keys: Vec<(&str, u64, u64)> =
+                rows.iter().map(|&(_, r)| (sources[r], shapes[r], times_col.value(r))).collect();
+            assert!(keys.windows(2).all(|w| w[0] <= w[1]), "hour {h} sorted");
+        }
+        assert!(seen.iter().all(|&s| s), "every row is written");
+        // Spilled rows are the broken clock's: the receive hour holds 170 − (64 − 1 − 30) of them.
+        let spilled = got.iter().find(|(h, _)| *h == t0 / hour).unwrap().1.len();
+        assert_eq!(spilled, 170 - (FLUSH_PARTITIONS_MAX - 1 - 30));
+        // Within the bound nothing moves.
+        let few = rows_at(&times[..1500], &sources[..1500], &messages[..1500]);
+        assert_eq!(sorted_partitions(&[&few]).len(), 30);
     }
 
     #[test]

@@ -605,6 +605,41 @@ fn a_full_disk_refuses_a_commit_and_the_retry_is_stored_once() {
 }
 
 #[test]
+fn events_from_a_broken_clock_make_a_bounded_number_of_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    // 2,000 events with times anywhere in three centuries (about 2,000 hours), and a few of T0.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut lines: Vec<String> = (0..2000)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            format!(r#"{{"time_ns":{},"i":{i}}}"#, state % 9_000_000_000_000_000_000)
+        })
+        .collect();
+    lines.extend((0..5).map(|i| format!(r#"{{"time_ns":{},"i":{}}}"#, T0 + i, 2000 + i)));
+    let sent = batch(40, "C", 0, &lines, true);
+    let received_hour = sent.received_ns / HOUR_NS;
+    rt.block_on(store.commit(sent)).unwrap();
+    assert_eq!(store.flush().unwrap(), 2005);
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), sluice_store::segment::FLUSH_PARTITIONS_MAX);
+    let hours: BTreeSet<u64> = m.segments.iter().map(|s| s.partition_hour).collect();
+    assert!(hours.contains(&(T0 / HOUR_NS)) && hours.contains(&received_hour), "{hours:?}");
+    // Every event keeps its own time, and a query's pruning (by each segment's range of times in
+    // the manifest) still finds it.
+    let rows = all_rows(&store);
+    assert_eq!(rows.len(), 2005);
+    for line in &lines {
+        let t: u64 = line[11..line.find(',').unwrap()].parse().unwrap();
+        assert!(rows.iter().any(|r| r.time_ns == t), "{t} kept");
+        assert!(m.segments.iter().any(|s| (s.time_ns_min..=s.time_ns_max).contains(&t)), "{t} in a segment's range");
+    }
+}
+
+#[test]
 fn a_stray_file_under_segments_is_deleted_at_start_and_never_read() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
