@@ -156,6 +156,15 @@ fn assert_exactly(store: &Store, want: &BTreeSet<[u8; 16]>) {
     assert_eq!(seqs.len(), rows.len(), "duplicate sluice_seq");
 }
 
+/// Wait for the background maintenance to make `done` true (deadline 60 s: a loaded machine).
+fn poll_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not within 60 s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn committed(o: CommitOutcome) -> u64 {
     match o {
         CommitOutcome::Committed { offset } => offset,
@@ -689,11 +698,7 @@ fn background_maintenance_flushes_at_the_row_threshold() {
     c.flush_rows_max = 10;
     let store = Store::open(c).unwrap();
     rt.block_on(store.commit(batch(12, "C", 0, &chunk_lines(12, "C", 25), false))).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while store.manifest().segments.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no flush within 20 s");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    poll_until("a flush", || !store.manifest().segments.is_empty());
     assert_eq!(all_rows(&store).len(), 25);
     store.close().unwrap();
 }
@@ -711,19 +716,12 @@ fn a_flush_that_fails_is_retried_and_the_error_clears_once_it_succeeds() {
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"in the way").unwrap();
     rt.block_on(store.commit(batch(14, "C", 0, &chunk_lines(14, "C", 25), false))).unwrap();
-    let wait = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "not within 60 s: {what}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    wait("a failed flush", &|| store.stats().maintenance_error.is_some());
+    poll_until("a failed flush", || store.stats().maintenance_error.is_some());
     assert!(store.manifest().segments.is_empty());
     assert_eq!(store.stats().rows_buffered, 25, "the rows stay buffered");
     std::fs::remove_file(&blocker).unwrap();
-    wait("a flush after the failure", &|| !store.manifest().segments.is_empty());
-    wait("the error to clear", &|| store.stats().maintenance_error.is_none());
+    poll_until("a flush after the failure", || !store.manifest().segments.is_empty());
+    poll_until("the error to clear", || store.stats().maintenance_error.is_none());
     assert!(store.stats().maintenance_errors >= 1);
     assert_eq!(all_rows(&store).len(), 25);
     store.close().unwrap();
