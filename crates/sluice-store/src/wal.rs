@@ -400,8 +400,8 @@ impl WalWriter {
         let path = file_path(&self.dir, self.index);
         let written = if std::mem::take(&mut self.torn_next) {
             let half = &encoded[..encoded.len() / 2];
-            (&*self.file).write_all(half).and_then(|()| Err(std::io::Error::from_raw_os_error(28)))
-        // ENOSPC
+            let enospc = std::io::Error::from_raw_os_error(28);
+            (&*self.file).write_all(half).and_then(|()| Err(enospc))
         } else {
             (&*self.file).write_all(encoded)
         };
