@@ -401,7 +401,7 @@ impl WalWriter {
         let written = if std::mem::take(&mut self.torn_next) {
             let half = &encoded[..encoded.len() / 2];
             let enospc = std::io::Error::from_raw_os_error(28);
-            (&*self.file).write_all(half).and_then(|()| Err(enospc))
+            (&*self.file).write_all(half).and(Err(enospc))
         } else {
             (&*self.file).write_all(encoded)
         };
