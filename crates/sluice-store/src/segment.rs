@@ -306,7 +306,7 @@ fn sorted_partitions(batches: &[&RecordBatch]) -> Vec<(u64, Vec<(usize, usize)>)
     for &g in &row_groups {
         group_rows[g as usize] += 1;
     }
-    bound_partitions(&mut keys, &group_rows, received_hour(batches));
+    bound_partitions(&mut keys, &group_rows, || received_hour(batches));
     // Renumber the groups in key order; groups whose rows were moved to another hour may now share
     // a key, and become one.
     keys.sort_unstable();
@@ -380,14 +380,14 @@ fn received_hour(batches: &[&RecordBatch]) -> u64 {
 
 /// Bounds the partitions of one flush: when the groups (`(hour, source, shape)` keys, with their
 /// row counts in `group_rows`) fall in more than [`FLUSH_PARTITIONS_MAX`] hours, the hours with the
-/// most rows (the later of equals) keep theirs, and the rows of the others are filed under `spill`,
-/// the hour they were received. Their `time_ns` stays as it is, and queries prune by each segment's
+/// most rows (the later of equals) keep theirs, and the rows of the others are filed under the
+/// hour `spill` gives, the one they were received in (asked only then). Their `time_ns` stays as it is, and queries prune by each segment's
 /// range of `time_ns` (in the manifest), never by its path, so they are found all the same. A
 /// backlog or an import spans a few hours per flush and keeps every one; a source with a broken
 /// clock does not: 20,000 events with random times made 19,748 segments of 15 KB each (298 MB on
 /// disk for 1 MB of events) in a flush of more than a minute; bounded, 63 segments (0.73 MB) in
 /// under a second.
-fn bound_partitions(keys: &mut [((u64, u32, u64), u32)], group_rows: &[usize], spill: u64) {
+fn bound_partitions(keys: &mut [((u64, u32, u64), u32)], group_rows: &[usize], spill: impl FnOnce() -> u64) {
     let mut per_hour: HashMap<u64, usize, FxBuild> = HashMap::default();
     for ((hour, _, _), g) in keys.iter() {
         *per_hour.entry(*hour).or_default() += group_rows[*g as usize];
@@ -397,7 +397,8 @@ fn bound_partitions(keys: &mut [((u64, u32, u64), u32)], group_rows: &[usize], s
     }
     let mut hours: Vec<(usize, u64)> = per_hour.into_iter().map(|(h, n)| (n, h)).collect();
     hours.sort_unstable_by(|a, b| b.cmp(a));
-    // One place is left for `spill`, unless it is among those kept anyway.
+    // One place is left for the spill hour, unless it is among those kept anyway.
+    let spill = spill();
     let kept: HashSet<u64, FxBuild> = hours.iter().take(FLUSH_PARTITIONS_MAX - 1).map(|&(_, h)| h).collect();
     for ((hour, _, _), _) in keys.iter_mut() {
         if !kept.contains(hour) {

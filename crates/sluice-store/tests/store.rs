@@ -712,7 +712,8 @@ fn a_flush_that_fails_is_retried_and_the_error_clears_once_it_succeeds() {
     let store = Store::open(c).unwrap();
     // A file where the events' partition directory goes: writing their segment fails (as a full
     // or broken disk would make it), whoever runs the test.
-    let blocker = dir.path().join("segments/sluice_date=2026-11-23");
+    let hour_dir = sluice_store::segment::partition_dir(T0 / HOUR_NS);
+    let blocker = dir.path().join("segments").join(hour_dir.split('/').next().unwrap());
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"in the way").unwrap();
     rt.block_on(store.commit(batch(14, "C", 0, &chunk_lines(14, "C", 25), false))).unwrap();
