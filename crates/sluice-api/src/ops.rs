@@ -6,7 +6,7 @@
 
 use http::StatusCode;
 use sluice_pull::PullMetrics;
-use sluice_store::Store;
+use sluice_store::{Store, WAL_REFUSED_RECENTLY};
 
 pub const CONTENT_TYPE_METRICS: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
@@ -18,17 +18,25 @@ pub fn metrics(store: &Store, pull: &PullMetrics, extra: &str) -> String {
     text
 }
 
-/// The `/healthz` status and body.
+/// The `/healthz` status and body. A refused WAL append keeps it at 503 for
+/// [`WAL_REFUSED_RECENTLY`] after the last one, so that a disk that is full but takes a small
+/// commit now and then reads as full, not as ok and 503 in turn.
 pub fn healthz(store: &Store) -> (StatusCode, String) {
     let stats = store.stats();
-    let unavailable = |text: String| (StatusCode::SERVICE_UNAVAILABLE, text);
-    if let Some(e) = stats.stopped {
-        unavailable(format!("stopped after a failed write: {e}; restart it to recover from the write-ahead log\n"))
-    } else if let Some(e) = stats.wal_append_error {
-        unavailable(format!("new events refused, the write-ahead log cannot be written: {e}\n"))
+    let refused_ago = stats.wal_append_refused_ago.filter(|ago| *ago < WAL_REFUSED_RECENTLY);
+    let reason = if let Some(e) = stats.stopped {
+        format!("stopped after a failed write: {e}; restart it to recover from the write-ahead log\n")
+    } else if let (Some(ago), Some(e)) = (refused_ago, stats.wal_append_error) {
+        format!(
+            "new events refused, the write-ahead log cannot be written: {e} (last refused {} s ago; ok once none \
+             is refused for {} s)\n",
+            ago.as_secs(),
+            WAL_REFUSED_RECENTLY.as_secs()
+        )
     } else if let Some(e) = stats.maintenance_error {
-        unavailable(format!("maintenance failing: {e}\n"))
+        format!("maintenance failing: {e}\n")
     } else {
-        (StatusCode::OK, "ok\n".to_string())
-    }
+        return (StatusCode::OK, "ok\n".to_string());
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, reason)
 }

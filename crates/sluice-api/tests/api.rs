@@ -598,8 +598,24 @@ async fn healthz_says_why_new_events_are_refused() {
     let m = h.get("/metrics", None, None).await.text();
     assert_eq!(metric(&m, "sluice_store_wal_append_errors_total"), "1");
     assert_eq!(metric(&m, "sluice_store_stopped"), "0");
+    // Room again: a commit that succeeds does not turn it back to ok at once (a full disk often
+    // still takes a small commit now and then) ...
     h.commit(&batch).await;
-    assert_eq!(h.get("/healthz", None, None).await.status, StatusCode::OK);
+    let r = h.get("/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(r.text().contains("s ago; ok once none is refused for 10 s"), "{}", r.text());
+    // ... but once no append has been refused for a while.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = h.get("/healthz", None, None).await;
+        if r.status == StatusCode::OK {
+            assert_eq!(r.text(), "ok\n");
+            break;
+        }
+        assert!(r.text().starts_with("new events refused"), "{}", r.text());
+        assert!(Instant::now() < deadline, "still {}: {}", r.status, r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     h.stop().await;
 
     // A failed WAL sync: the store stops taking commits, and healthz says to restart it.

@@ -140,6 +140,11 @@ pub const FLUSH_ZSTD_LEVEL_DEFAULT: i32 = 1;
 /// Default zstd level of compacted segments. Measured on generated events: level 9 makes them
 /// 1.5% smaller than level 3 for three times the CPU, so the default stays at 3.
 pub const COMPACT_ZSTD_LEVEL_DEFAULT: i32 = 3;
+/// How long after a refused WAL append the store still counts as refusing new events (its
+/// `/healthz` answers 503 meanwhile). A full disk often still takes a small commit now and then;
+/// without this, a probe would see ok and 503 alternate, and one that waits for a few failures
+/// in a row would never see the disk as full.
+pub const WAL_REFUSED_RECENTLY: Duration = Duration::from_secs(10);
 /// How often the background maintenance looks at the buffer, compaction and retention.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
 /// How often retention runs in the background.
@@ -290,10 +295,13 @@ pub struct StoreStats {
     pub maintenance_errors: u64,
     pub maintenance_error: Option<String>,
     /// WAL appends that failed and left the log as it was (a full disk): their commits were
-    /// refused, to be sent again. `wal_append_error` is the last one's message, until an append
-    /// succeeds.
+    /// refused, to be sent again. `wal_append_error` is the last one's message and
+    /// `wal_append_refused_ago` how long ago it was; both stay after appends succeed again, so
+    /// that a reader can tell "refusing now and then" (a full disk that still takes a small
+    /// commit at times) from "recovered" (see [`WAL_REFUSED_RECENTLY`]).
     pub wal_append_errors: u64,
     pub wal_append_error: Option<String>,
+    pub wal_append_refused_ago: Option<Duration>,
     /// Why the store stopped taking commits (a failed WAL sync, or an append whose partial record
     /// could not be cut off): only a restart, which replays the WAL, recovers.
     pub stopped: Option<String>,
@@ -349,6 +357,8 @@ struct State {
     syncing: bool,
     pending: VecDeque<Pending>,
     poisoned: Option<String>,
+    /// When a WAL append was last refused (the log left whole: a full disk).
+    wal_refused_at: Option<Instant>,
     next_seq: u64,
     /// Every seq up to this is in the buffer, a flush in progress or a segment.
     applied_seq: u64,
@@ -363,6 +373,15 @@ struct State {
     manifest_bytes: u64,
     stats: StoreStats,
     encode_buf: Vec<u8>,
+}
+
+impl State {
+    /// A WAL append failed and left the log whole: counted, and its message and time kept.
+    fn refused(&mut self, e: &WalError) {
+        self.stats.wal_append_errors += 1;
+        self.stats.wal_append_error = Some(e.to_string());
+        self.wal_refused_at = Some(Instant::now());
+    }
 }
 
 struct Inner {
@@ -449,6 +468,7 @@ impl Store {
             syncing: false,
             pending: VecDeque::new(),
             poisoned: None,
+            wal_refused_at: None,
             next_seq: manifest.next_seq.max(1),
             applied_seq: manifest.flushed_seq,
             registry,
@@ -583,6 +603,7 @@ impl Store {
         st.seq_next = s.next_seq;
         st.seq_flushed = s.manifest.flushed_seq;
         st.stopped = s.poisoned.clone();
+        st.wal_append_refused_ago = s.wal_refused_at.map(|at| at.elapsed());
         (st.terms_unavailable, st.terms_error) = self.inner.terms.unavailable();
         st
     }
@@ -676,17 +697,11 @@ impl Sink for Store {
         if wal::encode(&rec, &mut s.encode_buf).is_ok() {
             let buf = std::mem::take(&mut s.encode_buf);
             match s.wal.append(&buf) {
-                Ok(()) => {
-                    s.lsn_appended += buf.len() as u64;
-                    s.stats.wal_append_error = None;
-                }
+                Ok(()) => s.lsn_appended += buf.len() as u64,
                 Err(e) if !e.log_intact() => s.poisoned = Some(e.to_string()),
                 // A full disk: the mark is applied below all the same and kept by the next
                 // flush's manifest; a crash before that only means the chunk is found gone again.
-                Err(e) => {
-                    s.stats.wal_append_errors += 1;
-                    s.stats.wal_append_error = Some(e.to_string());
-                }
+                Err(e) => s.refused(&e),
             }
             s.encode_buf = buf;
         }
@@ -789,12 +804,10 @@ async fn commit(inner: &Arc<Inner>, batch: Batch) -> Result<CommitOutcome, Store
                     s.poisoned = Some(e.to_string());
                 } else if !matches!(e, WalError::TooLarge { .. }) {
                     // A full disk: refused, and sent again by the puller once there is room.
-                    s.stats.wal_append_errors += 1;
-                    s.stats.wal_append_error = Some(e.to_string());
+                    s.refused(&e);
                 }
                 return Err(e.into());
             }
-            s.stats.wal_append_error = None;
             s.next_seq += kept;
             s.lsn_appended += len;
             s.stats.wal_records += 1;

@@ -601,7 +601,12 @@ fn a_full_disk_refuses_a_commit_and_the_retry_is_stored_once() {
         assert_eq!(store.progress(11, "C"), None);
         // Room again: the puller sends the same lines again, then goes on.
         rt.block_on(store.commit(batch(11, "C", 0, &lines[..10], false))).unwrap();
-        assert_eq!(store.stats().wal_append_error, None);
+        // The last refusal stays, with its age, so that a reader can tell "refusing now and
+        // then" from "recovered".
+        let st = store.stats();
+        assert!(st.wal_append_error.as_deref().is_some_and(|m| m.contains("disk not full")), "{st:?}");
+        assert!(st.wal_append_refused_ago.is_some_and(|ago| ago < std::time::Duration::from_secs(60)), "{st:?}");
+        assert_eq!(st.wal_append_errors, 1);
         rt.block_on(store.commit(batch(11, "C", off[10], &lines[10..20], false))).unwrap();
         assert_exactly(&store, &ids(0..20));
         // Dropped without a flush: the rows live only in the WAL, behind the failed append.
