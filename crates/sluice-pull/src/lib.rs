@@ -65,4 +65,9 @@ pub trait Sink: Send + Sync + 'static {
     fn progress(&self, stream: u128, chunk: &str) -> Option<ChunkProgress>;
     /// Record a chunk that was gone (404) before it was read completely.
     fn chunk_lost(&self, source: &str, stream: u128, chunk: &str, offset: u64);
+    /// The source's chunk listing, which named `stream`, starts at `oldest`: the supervisor has
+    /// discarded every older chunk of the stream, and chunk ids are never reused, so none of them
+    /// will be served again. Called after every listing, once the chunks that vanished from it
+    /// have been reported lost. The sink may forget what it keeps per older chunk.
+    fn listed(&self, _stream: u128, _oldest: &str) {}
 }

@@ -848,6 +848,10 @@ async fn live_cycle<S: Sink>(
         *previous = Some((s, Arc::clone(&ids)));
         shared.account_listing(s, &ids);
     }
+    // Only a listing that names its stream says which stream's history starts where.
+    if let (Some(s), Some(oldest)) = (listed_stream, ids.first()) {
+        shared.sink.listed(s, &oldest.to_string());
+    }
     let Some(&live) = ids.last() else {
         return Ok(Cycle::Idle);
     };

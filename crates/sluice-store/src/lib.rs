@@ -63,12 +63,16 @@
 //!   running). An empty buffer always takes a commit.
 //! - Compaction: streams its inputs (one input's file and a few slices of rows decoded at a
 //!   time), whatever `compact_rows_max`.
-//! - De-duplication: one progress entry (about 100 bytes) per (stream, chunk) touched within
-//!   `retention_age_max`; older entries are forgotten at the next flush. With the supervisor's
-//!   10-minute chunks that is at most sources × (4,320 + bytes received in the window / chunk
-//!   size) entries for a 30-day window. An entry may be forgotten only once the supervisor no
-//!   longer serves the chunk, so `retention_age_max` must exceed the supervisors' retention
-//!   (7 days by default), or a re-fetched old chunk would be stored again.
+//! - De-duplication: one progress entry (about 100 bytes) per (stream, chunk) that the
+//!   supervisor still has, plus one floor per stream: after each listing the store learns the
+//!   oldest chunk the supervisor still serves, and at the next flush forgets the entries of
+//!   older chunks (untouched for [`FLOOR_GRACE`]; one left incomplete is counted lost). A chunk
+//!   older than its stream's floor is never fetched again, entry or not. So the entries follow
+//!   the supervisors' retention (at most about 1,008 chunks of 10 minutes in 7 days, or 500 of
+//!   1 MB in 500 MB, per source by default), whatever the store's own retention: an entry is
+//!   never forgotten while its chunk can still be served, which would store it again. A stream
+//!   neither listed nor committed to within `retention_age_max` or [`PROGRESS_STREAM_AGE_MIN`]
+//!   (30 days), whichever is longer, is forgotten whole: its supervisor is gone for good.
 //! - Keys: at most `keys_max` columns.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -101,7 +105,7 @@ pub use manifest::{Manifest, SegmentMeta};
 pub use terms::{column_class, terms_path, ColumnClass, SegmentTerms, TermsCache, TermsError, TermsItems, BLOCK_ROWS};
 
 use buffer::{Buffer, LineMeta, Registry};
-use manifest::{KeyEntry, ManifestError, ProgressRecord};
+use manifest::{FloorRecord, KeyEntry, ManifestError, ProgressRecord};
 use segment::SegmentError;
 use wal::{CommitRecord, LostRecord, Record, WalError, WalWriter};
 
@@ -145,6 +149,14 @@ pub const COMPACT_ZSTD_LEVEL_DEFAULT: i32 = 3;
 /// without this, a probe would see ok and 503 alternate, and one that waits for a few failures
 /// in a row would never see the disk as full.
 pub const WAL_REFUSED_RECENTLY: Duration = Duration::from_secs(10);
+/// A stream neither listed nor committed to for this long (or for `retention_age_max`, if
+/// longer) has its read progress forgotten: its supervisor is gone for good (a wiped one has a
+/// new stream id). Never shorter than the retention, so that the events of a chunk whose
+/// progress is forgotten were all removed by retention before it could be fetched again.
+pub const PROGRESS_STREAM_AGE_MIN: Duration = Duration::from_secs(30 * 24 * 3600);
+/// A chunk older than its source's oldest listed chunk keeps its read progress this long after
+/// its last commit: room for a fetch that was under way when the supervisor discarded it.
+pub const FLOOR_GRACE: Duration = Duration::from_secs(3600);
 /// How often the background maintenance looks at the buffer, compaction and retention.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
 /// How often retention runs in the background.
@@ -343,6 +355,12 @@ struct Progress {
     updated_ns: u64,
 }
 
+/// The oldest chunk a source last listed for a stream (see [`Sink::listed`]).
+struct Floor {
+    oldest: Arc<str>,
+    listed_ns: u64,
+}
+
 struct Pending {
     end_lsn: u64,
     file_index: u64,
@@ -369,6 +387,7 @@ struct State {
     /// Memory of `flushing`.
     flushing_bytes: usize,
     progress: HashMap<u128, HashMap<Arc<str>, Progress>>,
+    floors: HashMap<u128, Floor>,
     manifest: Manifest,
     manifest_bytes: u64,
     stats: StoreStats,
@@ -449,6 +468,14 @@ impl Store {
                 },
             );
         }
+        let floors: HashMap<u128, Floor> = manifest
+            .floors
+            .iter()
+            .filter_map(|f| {
+                let stream = u128::from_str_radix(&f.stream, 16).ok()?;
+                Some((stream, Floor { oldest: Arc::from(f.oldest.as_str()), listed_ns: f.listed_ns }))
+            })
+            .collect();
         let replay = wal::replay(&wal_dir)?;
         let existing: Vec<(u64, u64)> = replay.files.iter().map(|f| (f.index, f.bytes)).collect();
         let mut wal = WalWriter::open(&wal_dir, &existing)?;
@@ -476,6 +503,7 @@ impl Store {
             flushing: Vec::new(),
             flushing_bytes: 0,
             progress,
+            floors,
             manifest_bytes,
             manifest,
             stats,
@@ -679,7 +707,32 @@ impl Sink for Store {
 
     fn progress(&self, stream: u128, chunk: &str) -> Option<ChunkProgress> {
         let s = lock(&self.inner.state);
-        s.progress.get(&stream).and_then(|m| m.get(chunk)).map(|p| p.durable)
+        match s.progress.get(&stream).and_then(|m| m.get(chunk)) {
+            Some(p) => Some(p.durable),
+            // Older than the oldest chunk listed: gone from the supervisor (its entry may have
+            // been forgotten), so nothing is to be fetched, whatever lists it.
+            None if s.floors.get(&stream).is_some_and(|f| chunk_before(chunk, &f.oldest)) => {
+                Some(ChunkProgress { offset: 0, complete: true })
+            }
+            None => None,
+        }
+    }
+
+    fn listed(&self, stream: u128, oldest: &str) {
+        let mut s = lock(&self.inner.state);
+        let listed_ns = now_ns();
+        match s.floors.get_mut(&stream) {
+            Some(f) => {
+                // A listing is a moment's view: a slower, older answer never moves it back.
+                if chunk_before(&f.oldest, oldest) {
+                    f.oldest = Arc::from(oldest);
+                }
+                f.listed_ns = f.listed_ns.max(listed_ns);
+            }
+            None => {
+                s.floors.insert(stream, Floor { oldest: Arc::from(oldest), listed_ns });
+            }
+        }
     }
 
     fn chunk_lost(&self, source: &str, stream: u128, chunk: &str, offset: u64) {
@@ -971,6 +1024,55 @@ fn max_progress(a: ChunkProgress, b: ChunkProgress) -> ChunkProgress {
     ChunkProgress { offset: a.offset.max(b.offset), complete: a.complete || b.complete }
 }
 
+/// How long a stream's read progress is kept without a listing or a commit of it.
+fn progress_window(cfg: &StoreConfig) -> Duration {
+    cfg.retention_age_max.max(PROGRESS_STREAM_AGE_MIN)
+}
+
+/// Whether chunk id `a` comes before `b`: chunk ids order by length, then bytewise (SPEC §2).
+fn chunk_before(a: &str, b: &str) -> bool {
+    (a.len(), a.as_bytes()) < (b.len(), b.as_bytes())
+}
+
+/// Forget the read progress that can no longer prevent a duplicate (see "Memory bounds"):
+/// - a chunk older than the oldest its source last listed, untouched for [`FLOOR_GRACE`]: the
+///   supervisor no longer has it (a chunk left incomplete there is counted lost);
+/// - every chunk of a stream neither listed nor committed to within [`progress_window`], and the
+///   stream's floor with them.
+///
+/// Never a chunk with a commit on its way to disk. Returns the chunks newly counted lost.
+fn forget_progress(
+    progress: &mut HashMap<u128, HashMap<Arc<str>, Progress>>,
+    floors: &mut HashMap<u128, Floor>,
+    now_ns: u64,
+    window: Duration,
+) -> u64 {
+    let stale_before = now_ns.saturating_sub(window.as_nanos() as u64);
+    let grace_before = now_ns.saturating_sub(FLOOR_GRACE.as_nanos() as u64);
+    let mut lost = 0;
+    progress.retain(|stream, chunks| {
+        let floor = floors.get(stream);
+        let seen = chunks.values().map(|p| p.updated_ns).chain(floor.map(|f| f.listed_ns)).max().unwrap_or(0);
+        let stale = seen < stale_before;
+        chunks.retain(|chunk, p| {
+            if p.reserved != p.durable {
+                return true;
+            }
+            if stale {
+                return false;
+            }
+            let gone = floor.is_some_and(|f| chunk_before(chunk, &f.oldest)) && p.updated_ns < grace_before;
+            if gone && !p.durable.complete {
+                lost += 1;
+            }
+            !gone
+        });
+        !chunks.is_empty()
+    });
+    floors.retain(|stream, f| f.listed_ns >= stale_before || progress.contains_key(stream));
+    lost
+}
+
 fn apply_lost(s: &mut State, l: &LostRecord) {
     let p = s.progress.entry(l.stream).or_default().entry(l.chunk.clone()).or_insert_with(|| Progress {
         source: l.source.clone(),
@@ -1051,7 +1153,6 @@ fn install_manifest(inner: &Inner, next: Manifest) -> Result<(), StoreError> {
 
 fn flush(inner: &Inner) -> Result<usize, StoreError> {
     let _m = lock(&inner.maint);
-    let cutoff = now_ns().saturating_sub(inner.cfg.retention_age_max.as_nanos() as u64);
     let (batches, schema, mut next, delete_below) = {
         let mut guard = lock(&inner.state);
         let s = &mut *guard;
@@ -1069,17 +1170,22 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
         let batches = s.buffer.take(&s.registry);
         s.flushing = batches.clone();
         s.flushing_bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        // Forget chunks untouched for the retention window (see "Memory bounds").
-        for chunks in s.progress.values_mut() {
-            chunks.retain(|_, p| p.updated_ns >= cutoff || p.reserved != p.durable);
-        }
-        s.progress.retain(|_, chunks| !chunks.is_empty());
+        s.stats.chunks_lost += forget_progress(&mut s.progress, &mut s.floors, now_ns(), progress_window(&inner.cfg));
         let mut next = s.manifest.clone();
         next.generation += 1;
         next.flushed_seq = s.applied_seq;
         next.next_seq = s.next_seq;
         next.keys = key_entries(&s.registry);
         next.chunks_lost_total = s.stats.chunks_lost;
+        next.floors = s
+            .floors
+            .iter()
+            .map(|(stream, f)| FloorRecord {
+                stream: format!("{stream:032x}"),
+                oldest: f.oldest.to_string(),
+                listed_ns: f.listed_ns,
+            })
+            .collect();
         next.progress = s
             .progress
             .iter()

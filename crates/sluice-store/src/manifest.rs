@@ -67,6 +67,20 @@ pub struct ProgressRecord {
     pub updated_ns: u64,
 }
 
+/// What a source's chunk listing last said of one stream: its oldest chunk. The supervisor has
+/// discarded every chunk before it, and chunk ids are never reused, so no older chunk will be
+/// served again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloorRecord {
+    /// Stream id, 32 lowercase hex digits.
+    pub stream: String,
+    /// The oldest chunk id listed.
+    pub oldest: String,
+    /// When a listing of the stream was last seen, ns since the epoch.
+    pub listed_ns: u64,
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +98,9 @@ pub struct Manifest {
     pub keys: Vec<KeyEntry>,
     pub segments: Vec<SegmentMeta>,
     pub progress: Vec<ProgressRecord>,
+    /// Per stream, the oldest chunk its source last listed (absent in manifests written before).
+    #[serde(default)]
+    pub floors: Vec<FloorRecord>,
     pub chunks_lost_total: u64,
     pub compactions_total: u64,
 }
@@ -99,6 +116,7 @@ impl Default for Manifest {
             keys: Vec::new(),
             segments: Vec::new(),
             progress: Vec::new(),
+            floors: Vec::new(),
             chunks_lost_total: 0,
             compactions_total: 0,
         }

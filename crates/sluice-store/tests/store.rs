@@ -849,21 +849,81 @@ proptest! {
     }
 }
 
+/// A batch of `n` lines of (stream, chunk) received `ago_ns` ago.
+fn old_batch(stream: u128, chunk: &str, n: usize, complete: bool, ago_ns: u64) -> Batch {
+    let mut b = batch(stream, chunk, 0, &chunk_lines(stream, chunk, n), complete);
+    b.received_ns = now_ns() - ago_ns;
+    b
+}
+
 #[test]
-fn progress_of_chunks_untouched_for_the_retention_window_is_forgotten_at_flush() {
+fn progress_is_kept_while_the_supervisor_lists_the_chunk_whatever_the_store_retention() {
+    // Before: progress was forgotten once older than `retention_age_max`, so a store keeping
+    // less than its supervisors fetched and stored their older chunks again.
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let mut c = cfg(dir.path());
     c.retention_age_max = std::time::Duration::from_secs(3600);
     let store = Store::open(c.clone()).unwrap();
-    let mut old = batch(13, "C", 0, &chunk_lines(13, "C", 2), true);
-    old.received_ns = now_ns() - 2 * HOUR_NS;
-    rt.block_on(store.commit(old)).unwrap();
-    rt.block_on(store.commit(batch(13, "D", 0, &chunk_lines(13, "D", 2), false))).unwrap();
-    assert_eq!(store.progress_all().len(), 2);
+    let done = |store: &Store, chunk: &str| store.progress(13, chunk).is_some_and(|p| p.complete);
+    rt.block_on(store.commit(old_batch(13, "B", 2, false, 2 * HOUR_NS))).unwrap();
+    rt.block_on(store.commit(old_batch(13, "C", 2, true, 2 * HOUR_NS))).unwrap();
+    rt.block_on(store.commit(old_batch(13, "D", 2, false, 0))).unwrap();
+    store.listed(13, "B");
     store.flush().unwrap();
-    let left: Vec<String> = store.progress_all().iter().map(|p| p.chunk.to_string()).collect();
-    assert_eq!(left, ["D"]);
+    let chunks = |store: &Store| store.progress_all().iter().map(|p| p.chunk.to_string()).collect::<Vec<_>>();
+    assert_eq!(chunks(&store), ["B", "C", "D"]);
+    assert!(done(&store, "C"));
+    assert_eq!(store.stats().chunks_lost, 0);
+
+    // The supervisor discards B and C: their entries go, C stays done, and B, left incomplete,
+    // is counted lost.
+    store.listed(13, "D");
+    store.flush().unwrap();
+    assert_eq!(chunks(&store), ["D"]);
+    assert!(done(&store, "B") && done(&store, "C") && !done(&store, "D"));
+    assert_eq!(store.stats().chunks_lost, 1);
+    // An older listing arriving late does not move the floor back.
+    store.listed(13, "C");
+    assert!(done(&store, "C"));
+    drop(store);
+
+    // All of it is durable.
+    let store = Store::open(c).unwrap();
+    assert_eq!(chunks(&store), ["D"]);
+    assert!(done(&store, "B") && done(&store, "C"));
+    assert_eq!(store.stats().chunks_lost, 1);
+    // Another stream knows nothing of that floor.
+    assert_eq!(store.progress(14, "C"), None);
+}
+
+#[test]
+fn progress_of_a_chunk_below_the_floor_is_kept_while_a_fetch_may_still_be_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    rt.block_on(store.commit(old_batch(13, "C", 2, false, 0))).unwrap();
+    store.listed(13, "D");
+    store.flush().unwrap();
+    assert_eq!(store.progress(13, "C").map(|p| p.complete), Some(false));
+    assert_eq!(store.stats().chunks_lost, 0);
+}
+
+#[test]
+fn progress_of_a_stream_gone_for_the_whole_window_is_forgotten_at_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = cfg(dir.path());
+    c.retention_age_max = std::time::Duration::from_secs(3600);
+    let store = Store::open(c.clone()).unwrap();
+    let day = 24 * HOUR_NS;
+    // Stream 13: nothing for 31 days, longer than the window (30 days, the retention is shorter).
+    rt.block_on(store.commit(old_batch(13, "C", 2, true, 31 * day))).unwrap();
+    // Stream 14: 2 days, longer than the retention but within the window.
+    rt.block_on(store.commit(old_batch(14, "C", 2, true, 2 * day))).unwrap();
+    store.flush().unwrap();
+    let left: Vec<u128> = store.progress_all().iter().map(|p| p.stream).collect();
+    assert_eq!(left, [14]);
     drop(store);
     let store = Store::open(c).unwrap();
     assert_eq!(store.progress_all().len(), 1);
