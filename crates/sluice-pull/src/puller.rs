@@ -4,7 +4,8 @@
 //! It does not store progress or de-duplicate (the sink does, keyed by stream id and chunk id),
 //! and it never lets one source's failures reach another: each source runs in its own task, and
 //! the only thing sources share is the backfill semaphore, whose permits are held only while
-//! bytes flow (a stalled response is abandoned after [`crate::client::STALL_TIMEOUT`]).
+//! bytes flow, and flow at [`BACKFILL_RATE_MIN`] at least (a stalled response is abandoned after
+//! [`crate::client::STALL_TIMEOUT`]; a trickling one goes on without a permit).
 //!
 //! # Protocol (issue 3, SPEC §2)
 //! - `GET /chunk/` lists chunk ids, oldest first. Every id is checked with `ChunkId::parse`; one bad
@@ -71,6 +72,13 @@ const EMPTY_OPEN_ENDS_MAX: u32 = 2;
 pub const LIVE_AT_HAND_WAIT: Duration = Duration::from_millis(500);
 /// A backfill fetch that waits on the network longer than this gives its pool permit back.
 pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(1);
+/// A backfill fetch that has held its permit this long at less than [`BACKFILL_RATE_MIN`] gives
+/// it back and reads the rest of its chunk without one: a server that trickles bytes (never silent for
+/// [`BACKFILL_PERMIT_IDLE`]) would otherwise keep workers from every other source for hours.
+pub const BACKFILL_RATE_WINDOW: Duration = Duration::from_secs(2);
+/// Bytes per second below which a backfill fetch is slow (a 1 MB chunk in 16 s): far below any
+/// network a supervisor is read over, so only a broken or overloaded server is ever this slow.
+pub const BACKFILL_RATE_MIN: u64 = 64 * 1024;
 
 const STREAM_HEADER: &str = "sluice-stream-id";
 const STATE_HEADER: &str = "sluice-chunk-state";
@@ -420,6 +428,9 @@ impl<S: Sink> Shared<S> {
             while let Some(d) = data.take() {
                 match d {
                     Ok(Some(bytes)) => {
+                        if let Some(slot) = cx.slot.as_mut() {
+                            slot.received(bytes.len());
+                        }
                         counter.fetch_add(bytes.len() as u64, Relaxed);
                         received_bytes += bytes.len() as u64;
                         pending.extend_from_slice(&bytes);
@@ -585,12 +596,19 @@ struct FetchCx<'a> {
 
 /// A backfill fetch's place in the shared pool. The permit is given back while the network keeps
 /// the fetch waiting longer than [`BACKFILL_PERMIT_IDLE`] and taken again (in turn) once bytes
-/// come, so a stalled supervisor holds a worker for a moment, not for the stall timeout.
+/// come, so a stalled supervisor holds a worker for a moment, not for the stall timeout. A fetch
+/// slower than [`BACKFILL_RATE_MIN`] gives it back for good (it goes on without one), so a server
+/// that trickles bytes does not hold one either.
 struct PermitSlot {
     pool: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
     /// Counted in `idle` (gave the permit back and did not get it again yet).
     released: bool,
+    /// Too slow to hold a permit: not taken again for this chunk.
+    slow: bool,
+    /// Since when the permit is held, and the bytes received since.
+    held_since: Instant,
+    held_bytes: u64,
     /// The source's count of fetches waiting without a permit (and its wake-up).
     idle: Arc<IdleFetches>,
 }
@@ -605,7 +623,28 @@ struct IdleFetches {
 
 impl PermitSlot {
     fn new(pool: Arc<Semaphore>, permit: OwnedSemaphorePermit, idle: Arc<IdleFetches>) -> PermitSlot {
-        PermitSlot { pool, permit: Some(permit), released: false, idle }
+        PermitSlot {
+            pool,
+            permit: Some(permit),
+            released: false,
+            slow: false,
+            held_since: Instant::now(),
+            held_bytes: 0,
+            idle,
+        }
+    }
+
+    /// `bytes` arrived: give the permit back for good if the fetch has been slow while holding it.
+    fn received(&mut self, bytes: usize) {
+        if self.released {
+            return;
+        }
+        self.held_bytes += bytes as u64;
+        let held = self.held_since.elapsed();
+        if held >= BACKFILL_RATE_WINDOW && (self.held_bytes as f64) < BACKFILL_RATE_MIN as f64 * held.as_secs_f64() {
+            self.slow = true;
+            self.release();
+        }
     }
 
     fn release(&mut self) {
@@ -617,10 +656,11 @@ impl PermitSlot {
     }
 
     async fn reacquire(&mut self) {
-        if self.released {
+        if self.released && !self.slow {
             // A closed pool means the store is stopping; go on without a permit until shutdown.
             self.permit = Arc::clone(&self.pool).acquire_owned().await.ok();
             self.back();
+            (self.held_since, self.held_bytes) = (Instant::now(), 0);
         }
     }
 

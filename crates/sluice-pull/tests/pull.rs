@@ -103,6 +103,8 @@ struct FakeState {
     listing_stream_header: bool,
     /// Requests for closed chunks are never answered.
     stall_closed: bool,
+    /// Closed chunks are sent a byte every 100 ms: never silent for long, and never done.
+    drip_closed: bool,
     /// The next response for this closed chunk sends this many bytes, then breaks the connection
     /// when `cut_now` is notified.
     cut_once: Option<(String, usize)>,
@@ -227,6 +229,18 @@ impl Fake {
         }
         let rest = chunk.data[offset..].to_vec();
         let head = head.header("content-length", rest.len().to_string());
+        if s.drip_closed {
+            let (tx, body) = ChanBody::channel();
+            tokio::spawn(async move {
+                for b in rest {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if tx.send(Ok(Bytes::copy_from_slice(&[b]))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Answer::Now(head.body(body).unwrap());
+        }
         if s.cut_once.as_ref().is_some_and(|(cut_id, _)| cut_id == id) {
             let (_, cut_at) = s.cut_once.take().unwrap();
             let (tx, body) = ChanBody::channel();
@@ -841,6 +855,41 @@ async fn a_stalled_source_does_not_delay_another() {
     wait_until("healthy live data", || sink.data(STREAM_A, "26") == healthy.data("26")).await;
     assert!(stalled.requests().iter().any(|r| r.starts_with("/chunk/25")), "the stalled source did try its backlog");
     assert!(!sink.complete(STREAM_B, "25"));
+    stop.send_replace(true);
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_trickles_bytes_does_not_hold_the_backfill_pool() {
+    // Before: a fetch gave its permit back only after a second without bytes, so a server
+    // sending a byte now and then held the pool for hours (a 1 KB chunk here takes 110 s).
+    let certs = Certs::new();
+    let history = |tag: &str| -> Vec<FakeChunk> {
+        ["21", "22", "23", "24", "25"].iter().map(|id| closed(id, lines(&format!("{tag}{id}"), 20))).collect()
+    };
+    let mut chunks = history("slow");
+    chunks.push(open("26", lines("slow", 2)));
+    let slow = Fake::start(certs.server_tls(), STREAM_B, chunks).await;
+    slow.modify(|s| s.drip_closed = true);
+    // The healthy source has no history until the slow one holds the only worker.
+    let healthy = Fake::start(certs.server_tls(), STREAM_A, vec![open("26", lines("ok", 2))]).await;
+    let sink = Arc::new(MemSink::default());
+    let metrics = Arc::new(PullMetrics::new());
+    let (stop, shutdown) = watch::channel(false);
+    let sources = vec![certs.source("slow", &slow), certs.source("ok", &healthy)];
+    let task = tokio::spawn(run_all(sources, Arc::clone(&sink), 1, Arc::clone(&metrics), shutdown));
+    wait_until("the slow source fetches its history", || slow.requests().iter().any(|r| r == "/chunk/25")).await;
+    // History turns up on the healthy source (its live chunk closes: it lists again).
+    healthy.modify(|s| {
+        s.chunks.splice(0..0, history("ok"));
+    });
+    healthy.rotate("26", "27", &lines("ok27", 1));
+    wait_until("the healthy source's history, while the slow one trickles", || {
+        ["21", "22", "23", "24", "25"].iter().all(|id| sink.complete(STREAM_A, id))
+    })
+    .await;
+    assert!(!sink.complete(STREAM_B, "25"), "the slow chunk is still coming");
+    assert!(sink.data(STREAM_B, "25").len() < slow.data("25").len());
     stop.send_replace(true);
     tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap().unwrap();
 }
