@@ -1,15 +1,69 @@
 //! What the pullers report: per-source counters and gauges (atomics, read by the store's
-//! `/metrics`) and a status snapshot per source (for `/api/sources` and the web page).
+//! `/metrics`), a status snapshot per source (for `/api/sources` and the web page), and a line on
+//! stderr when a source fails or recovers (at most one failure line per source every
+//! [`ERROR_LOG_INTERVAL`], with the count of those left out).
 //! It does not format Prometheus text or serve anything; the store does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::client::ErrorKind;
+
+/// At most one failure line per source on stderr this often; the next one counts those left out.
+pub const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a source's failures and recoveries print: the lines are rate-limited per source, so a
+/// source that fails in a tight loop (or flaps) costs at most two lines a minute.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    /// When a failure line was last printed.
+    last_line: Option<Instant>,
+    /// Failures since the last failure line that were not printed.
+    left_out: u64,
+    /// Failures since the source last worked.
+    failing: u64,
+    /// A failure line was printed since the source last worked: its recovery is printed too.
+    told: bool,
+}
+
+impl ErrorLog {
+    /// A failure: the line to print, if one is due.
+    fn failure(&mut self, now: Instant, source: &str, what: &str) -> Option<String> {
+        self.failing += 1;
+        if self.last_line.is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL) {
+            self.left_out += 1;
+            return None;
+        }
+        let more = match std::mem::take(&mut self.left_out) {
+            0 => String::new(),
+            n => format!(" ({n} more {} since the last line)", failures(n)),
+        };
+        self.last_line = Some(now);
+        self.told = true;
+        Some(format!("sluice store: source {source}: {what}{more}"))
+    }
+
+    /// The source works (a request succeeded): the line to print, if its failure was told.
+    fn working(&mut self, source: &str) -> Option<String> {
+        let failing = std::mem::take(&mut self.failing);
+        if !std::mem::take(&mut self.told) {
+            return None;
+        }
+        Some(format!("sluice store: source {source}: working again after {failing} {}", failures(failing)))
+    }
+}
+
+fn failures(n: u64) -> &'static str {
+    if n == 1 {
+        "failure"
+    } else {
+        "failures"
+    }
+}
 
 /// Every source's metrics, by configured name.
 #[derive(Debug, Default)]
@@ -64,6 +118,7 @@ pub struct SourceMetrics {
     pub batches_committed: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
     status: Mutex<SourceStatus>,
+    log: Mutex<ErrorLog>,
 }
 
 impl SourceMetrics {
@@ -89,6 +144,7 @@ impl SourceMetrics {
                 backfilling: Vec::new(),
                 lag_ns: None,
             }),
+            log: Mutex::default(),
         }
     }
 
@@ -119,11 +175,32 @@ impl SourceMetrics {
 
     pub(crate) fn error(&self, kind: ErrorKind, message: &str) {
         self.errors[kind.index()].fetch_add(1, Relaxed);
-        self.lock().last_error = Some(format!("{}: {message}", kind.as_str()));
+        let what = format!("{}: {message}", kind.as_str());
+        let name = {
+            let mut status = self.lock();
+            status.last_error = Some(what.clone());
+            status.name.clone()
+        };
+        if let Some(line) = self.error_log().failure(Instant::now(), &name, &what) {
+            eprintln!("{line}");
+        }
     }
 
     pub(crate) fn set_state(&self, state: SourceState) {
-        self.lock().state = state;
+        let name = {
+            let mut status = self.lock();
+            status.state = state;
+            status.name.clone()
+        };
+        if state == SourceState::Connected {
+            if let Some(line) = self.error_log().working(&name) {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    fn error_log(&self) -> std::sync::MutexGuard<'_, ErrorLog> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut SourceStatus)) {
@@ -170,4 +247,37 @@ pub enum SourceState {
 /// Wall time, ns since the epoch (0 if the clock is before 1970).
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_once_a_minute_with_the_count_left_out_and_the_recovery_once() {
+        let mut log = ErrorLog::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.working("web"), None, "nothing to tell before a failure");
+        assert_eq!(
+            log.failure(at(0), "web", "tls: refused").as_deref(),
+            Some("sluice store: source web: tls: refused")
+        );
+        assert_eq!(log.failure(at(1), "web", "tls: refused"), None);
+        assert_eq!(log.failure(at(59), "web", "tls: refused"), None);
+        assert_eq!(
+            log.failure(at(60), "web", "io: reset").as_deref(),
+            Some("sluice store: source web: io: reset (2 more failures since the last line)")
+        );
+        assert_eq!(log.working("web").as_deref(), Some("sluice store: source web: working again after 4 failures"));
+        assert_eq!(log.working("web"), None, "told once");
+        // A flapping source: the next failure within the minute is left out, and so is its
+        // recovery, so a tight loop prints at most two lines a minute.
+        assert_eq!(log.failure(at(61), "web", "io: reset"), None);
+        assert_eq!(log.working("web"), None);
+        assert_eq!(
+            log.failure(at(121), "web", "io: reset").as_deref(),
+            Some("sluice store: source web: io: reset (1 more failure since the last line)")
+        );
+    }
 }

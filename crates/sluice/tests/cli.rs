@@ -527,6 +527,12 @@ fn store_pulls_every_event_exactly_once_across_kill_9() {
     });
     let refused = store.metric("sluice_source_errors_total{source=\"refusing\",kind=\"tls\"}").unwrap_or(0.0);
     assert!(refused >= 1.0, "the refusing source reports TLS errors");
+    // And the store says so on stderr, naming the source (once a minute at most).
+    let mut told = Vec::new();
+    wait_until("the refusing source's failure on stderr", || {
+        told.extend(store.stderr_so_far());
+        told.iter().any(|l| l.starts_with("sluice store: source refusing: tls: "))
+    });
     let before_stop = expected();
     store.signal(libc::SIGTERM);
     assert_eq!(store.wait(), 0);

@@ -222,7 +222,7 @@ fn store_command(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Command 
 pub struct StoreProc {
     pub child: Child,
     pub listen: String,
-    _stderr: mpsc::Receiver<String>,
+    stderr_lines: mpsc::Receiver<String>,
 }
 
 impl StoreProc {
@@ -235,7 +235,12 @@ impl StoreProc {
         let cmd = store_command(config, args, env);
         let (child, ready, rx) = spawn_until_ready(cmd, "sluice store: ready");
         let listen = ready.split_whitespace().find_map(|w| w.strip_prefix("listen=")).expect("listen=").to_string();
-        StoreProc { child, listen, _stderr: rx }
+        StoreProc { child, listen, stderr_lines: rx }
+    }
+
+    /// Everything it printed on stderr after the ready line, so far (each line once).
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr_lines.try_iter().collect()
     }
 
     /// The whole /metrics page (empty if the scrape fails).
