@@ -33,7 +33,7 @@
 //! a fetch fails is committed first (whole lines only); at a shutdown it is not, and is fetched
 //! again from the durable offset.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -72,6 +72,10 @@ const EMPTY_OPEN_ENDS_MAX: u32 = 2;
 pub const LIVE_AT_HAND_WAIT: Duration = Duration::from_millis(500);
 /// A backfill fetch that waits on the network longer than this gives its pool permit back.
 pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(1);
+/// The stream id of a source may change this many times within [`STREAM_CHANGES_WINDOW`] (a
+/// supervisor wiped or replaced); one more is a failure, backed off like any other.
+pub const STREAM_CHANGES_MAX: usize = 3;
+pub const STREAM_CHANGES_WINDOW: Duration = Duration::from_secs(60);
 /// A backfill fetch that has held its permit this long at less than [`BACKFILL_RATE_MIN`] gives
 /// it back and reads the rest of its chunk without one: a server that trickles bytes (never silent for
 /// [`BACKFILL_PERMIT_IDLE`]) would otherwise keep workers from every other source for hours.
@@ -132,6 +136,7 @@ pub async fn run_source<S: Sink>(
         lengths: Mutex::new(HashMap::new()),
         backfilling: Mutex::new(BTreeMap::new()),
         idle_fetches: Arc::default(),
+        stream_changes: Mutex::default(),
     });
     let live = live_loop(Arc::clone(&shared), shutdown.clone());
     let history = backfill_loop(Arc::clone(&shared), backfill, listing_rx, shutdown);
@@ -160,6 +165,8 @@ struct Shared<S> {
     /// Chunks being backfilled now and their offsets, for the status.
     backfilling: Mutex<BTreeMap<ChunkId, u64>>,
     idle_fetches: Arc<IdleFetches>,
+    /// When the stream id last changed, most recent last (at most [`STREAM_CHANGES_MAX`]).
+    stream_changes: Mutex<VecDeque<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -300,7 +307,7 @@ impl<S: Sink> Shared<S> {
             if let (Some(new), Some(old)) = (answered, *stream) {
                 if new != old {
                     *stream = Some(new);
-                    self.note_stream(new);
+                    self.note_stream(Some(old), new)?;
                     return Ok(FollowEnd::StreamChanged);
                 }
             }
@@ -338,8 +345,8 @@ impl<S: Sink> Shared<S> {
             };
             if *stream != Some(s) {
                 // First contact: the offset was taken without knowing the stream.
-                *stream = Some(s);
-                self.note_stream(s);
+                let before = stream.replace(s);
+                self.note_stream(before, s)?;
                 let p = self.progress(s, chunk);
                 if p.complete || p.offset != offset {
                     continue;
@@ -391,8 +398,38 @@ impl<S: Sink> Shared<S> {
         }
     }
 
-    fn note_stream(&self, stream: u128) {
+    /// The stream id is now `stream` (it was `before`). A change is told on stderr; one change
+    /// too many within [`STREAM_CHANGES_WINDOW`] is a failure (the caller backs off): more than
+    /// one supervisor answers at this URL, and reading them in turn would only go round.
+    fn note_stream(&self, before: Option<u128>, stream: u128) -> Result<(), FetchError> {
         self.metrics.update(|st| st.stream = Some(StreamId(stream).to_string()));
+        let Some(before) = before.filter(|&b| b != stream) else { return Ok(()) };
+        let mut changes = lock(&self.stream_changes);
+        let now = Instant::now();
+        while changes.front().is_some_and(|&t| now.duration_since(t) >= STREAM_CHANGES_WINDOW) {
+            changes.pop_front();
+        }
+        if changes.len() >= STREAM_CHANGES_MAX {
+            return Err(FetchError::new(
+                ErrorKind::Protocol,
+                format!(
+                    "the stream id changed {} times within {} s (now {}): does more than one supervisor answer \
+                     at this URL? Give each supervisor its own source",
+                    changes.len() + 1,
+                    STREAM_CHANGES_WINDOW.as_secs(),
+                    StreamId(stream)
+                ),
+            ));
+        }
+        changes.push_back(now);
+        eprintln!(
+            "sluice store: source {}: new stream id {} (was {}): the supervisor's data directory is new; \
+             its chunks are read from the start",
+            self.name,
+            StreamId(stream),
+            StreamId(before)
+        );
+        Ok(())
     }
 
     /// Reads the body, committing complete lines as they come.
@@ -874,8 +911,8 @@ async fn live_cycle<S: Sink>(
     shared.metrics.set_state(SourceState::Connected);
     if let Some(s) = listed_stream {
         if *stream != Some(s) {
-            *stream = Some(s);
-            shared.note_stream(s);
+            let before = stream.replace(s);
+            shared.note_stream(before, s)?;
         }
     }
     let ids = Arc::new(ids);

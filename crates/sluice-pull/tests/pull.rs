@@ -105,6 +105,8 @@ struct FakeState {
     stall_closed: bool,
     /// Closed chunks are sent a byte every 100 ms: never silent for long, and never done.
     drip_closed: bool,
+    /// Every chunk request is answered by the other of two supervisors (two behind one URL).
+    flip_stream: bool,
     /// The next response for this closed chunk sends this many bytes, then breaks the connection
     /// when `cut_now` is notified.
     cut_once: Option<(String, usize)>,
@@ -204,6 +206,10 @@ impl Fake {
             return Answer::Now(r.body(ChanBody::full(listing.into_bytes())).unwrap());
         }
         let Some(id) = path.strip_prefix("/chunk/") else { return Answer::Now(status(StatusCode::NOT_FOUND, &stream)) };
+        if s.flip_stream {
+            s.stream = if s.stream == STREAM_A { STREAM_B } else { STREAM_A };
+        }
+        let stream = format!("{:032x}", s.stream);
         if sluice_chunk::ChunkId::parse(id).is_err() {
             return Answer::Now(status(StatusCode::BAD_REQUEST, &stream));
         }
@@ -784,6 +790,26 @@ async fn a_wiped_supervisor_is_read_from_scratch() {
     assert_eq!(status.stream.as_deref(), Some(format!("{STREAM_B:032x}").as_str()));
     run.stop().await;
     assert_eq!(sink.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_id_that_keeps_changing_is_a_failure_backed_off() {
+    // Before: each change sent the puller back to list at once, about 25 requests a second for
+    // as long as it lasted, and nothing said why.
+    let certs = Certs::new();
+    let fake = Fake::start(certs.server_tls(), STREAM_A, vec![open("22", lines("b", 4))]).await;
+    fake.modify(|s| s.flip_stream = true);
+    let sink = Arc::new(MemSink::default());
+    let metrics = Arc::new(PullMetrics::new());
+    let run = Running::start(certs.source("s", &fake), &sink, &Arc::new(Semaphore::new(1)), &metrics);
+    let m = metrics.source("s", "");
+    wait_until("the changes reported", || {
+        m.status().last_error.is_some_and(|e| e.contains("does more than one supervisor answer at this URL"))
+    })
+    .await;
+    assert!(m.errors(ErrorKind::Protocol) >= 1, "{:?}", m.errors_by_kind());
+    assert!(m.reconnects.load(Relaxed) >= 1);
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
