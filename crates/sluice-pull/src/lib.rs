@@ -17,8 +17,8 @@ pub use client::{
 pub use config::{ApiTls, ConfigError, Endpoint, SourceConfig, StoreFileConfig, TlsFiles};
 pub use metrics::{PullMetrics, SourceMetrics, SourceState, SourceStatus};
 pub use puller::{
-    run_all, run_source, BACKFILL_PERMIT_IDLE, BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES_MAX, IDLE_LIST_INTERVAL,
-    LINE_BYTES_MAX, LISTING_BYTES_MAX,
+    clients, run_all, run_clients, run_source, BACKFILL_PERMIT_IDLE, BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES_MAX,
+    IDLE_LIST_INTERVAL, LINE_BYTES_MAX, LISTING_BYTES_MAX,
 };
 
 /// A run of complete event lines read from one chunk of one supervisor, starting at `start_offset`.

@@ -88,6 +88,12 @@ const STREAM_HEADER: &str = "sluice-stream-id";
 const STATE_HEADER: &str = "sluice-chunk-state";
 const OFFSET_HEADER: &str = "sluice-offset";
 
+/// The HTTPS clients of `sources`, in order: fails if a source's certificate, key or trust file is
+/// unusable (a program checks this before it says it is ready, see [`run_clients`]).
+pub fn clients(sources: &[SourceConfig]) -> Result<Vec<SourceClient>, crate::client::ClientError> {
+    sources.iter().map(SourceClient::new).collect()
+}
+
 /// Runs every source, each in its own task, until `shutdown` turns true; the backfill pool has
 /// `backfill_workers` permits shared by all. Fails before starting anything if a source's
 /// certificate, key or trust file is unusable.
@@ -98,10 +104,22 @@ pub async fn run_all<S: Sink>(
     metrics: Arc<PullMetrics>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), crate::client::ClientError> {
-    let clients = sources.iter().map(SourceClient::new).collect::<Result<Vec<_>, _>>()?;
+    let clients = clients(&sources)?;
+    run_clients(sources.into_iter().zip(clients).collect(), sink, backfill_workers, metrics, shutdown).await;
+    Ok(())
+}
+
+/// [`run_all`] with the clients made already (by [`clients`]).
+pub async fn run_clients<S: Sink>(
+    sources: Vec<(SourceConfig, SourceClient)>,
+    sink: Arc<S>,
+    backfill_workers: usize,
+    metrics: Arc<PullMetrics>,
+    shutdown: watch::Receiver<bool>,
+) {
     let backfill = Arc::new(Semaphore::new(backfill_workers.max(1)));
     let mut tasks = JoinSet::new();
-    for (src, client) in sources.into_iter().zip(clients) {
+    for (src, client) in sources {
         tasks.spawn(run_source(
             src,
             client,
@@ -112,7 +130,6 @@ pub async fn run_all<S: Sink>(
         ));
     }
     while tasks.join_next().await.is_some() {}
-    Ok(())
 }
 
 /// Pulls one source until `shutdown` turns true: the live chunk in this task, older chunks in

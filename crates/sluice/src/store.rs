@@ -247,13 +247,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cfg.listen
     );
     let store_cfg = store_config(&args, &cfg)?;
+    // Certificates, keys and trust files that cannot be used fail the start, not each source later.
+    let clients = sluice_pull::clients(&cfg.sources).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.path.display()))?;
     refuse_transparent_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(cfg, store_cfg))
+    runtime.block_on(serve(cfg, clients, store_cfg))
 }
 
 /// Asks the kernel not to back this process's memory with transparent huge pages (Linux
@@ -307,7 +309,11 @@ async fn reload_tokens_on_sighup(tokens: Option<TokenSet>) {
     }
 }
 
-async fn serve(cfg: StoreFileConfig, store_cfg: StoreConfig) -> anyhow::Result<ExitCode> {
+async fn serve(
+    cfg: StoreFileConfig,
+    clients: Vec<sluice_pull::SourceClient>,
+    store_cfg: StoreConfig,
+) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
     let data_dir = store_cfg.data_dir.clone();
@@ -327,18 +333,21 @@ async fn serve(cfg: StoreFileConfig, store_cfg: StoreConfig) -> anyhow::Result<E
     let ops = tokio::spawn(sluice_api::serve(listener, api, tls, shutdown_rx.clone()));
     tokio::spawn(reload_tokens_on_sighup(tokens));
     let sources = cfg.sources.len();
-    let pullers =
-        tokio::spawn(sluice_pull::run_all(cfg.sources, store.clone(), cfg.backfill_workers, pull.clone(), shutdown_rx));
+    let pullers = tokio::spawn(sluice_pull::run_clients(
+        cfg.sources.into_iter().zip(clients).collect(),
+        store.clone(),
+        cfg.backfill_workers,
+        pull.clone(),
+        shutdown_rx,
+    ));
     eprintln!("sluice store: ready listen={addr} sources={sources} data_dir={}", cfg.data_dir.display());
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
     let _ = shutdown_tx.send(true);
-    match tokio::time::timeout(STOP_PULLERS_TIMEOUT, pullers).await {
-        Ok(Ok(Err(e))) => eprintln!("sluice store: pullers: {e}"),
-        Ok(Err(e)) => eprintln!("sluice store: pullers stopped abnormally: {e}"),
-        _ => {}
+    if let Ok(Err(e)) = tokio::time::timeout(STOP_PULLERS_TIMEOUT, pullers).await {
+        eprintln!("sluice store: pullers stopped abnormally: {e}");
     }
     let _ = ops.await;
     drop(pull);

@@ -350,6 +350,45 @@ fn store_settings_errors_name_the_flag_variable_or_line() {
     assert!(!data.exists(), "a refused start touches no disk");
 }
 
+#[test]
+fn a_store_whose_client_key_or_certificate_is_unusable_refuses_to_start() {
+    // Before: it said "ready", answered /healthz "ok", and pulled nothing, ever.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(sluice().args(["certs", "--client", "store", "--dir"]).arg(&certs).status().unwrap().success());
+    let config = dir.path().join("store.toml");
+    let data = dir.path().join("store-data");
+    let cases = [
+        ("server.key", "store.pem", "cannot use key"),
+        ("store.key", "store.key", "no certificate found"),
+        ("store.key", ".", "cannot read"),
+    ];
+    for (key, cert, says) in cases {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n\
+                 [[source]]\nname = \"web\"\nurl = \"https://127.0.0.1:9\"\n",
+                data.display(),
+                certs.join(cert).display(),
+                certs.join(key).display(),
+                certs.join("ca.pem").display()
+            ),
+        )
+        .unwrap();
+        let out = sluice().arg("store").arg("--config").arg(&config).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "key {key}, cert {cert}: {err}");
+        let at = format!("{}: source \"web\": ", config.display());
+        assert!(
+            err.contains(&at) && err.contains(says),
+            "key {key}, cert {cert}: expected {at:?} and {says:?} in\n{err}"
+        );
+        assert!(!err.contains("ready"), "{err}");
+    }
+    assert!(!data.exists(), "a refused start touches no disk");
+}
+
 /// `curl` with a client certificate from `certs`, as the README shows.
 fn curl(certs: &std::path::Path, client: &str, url: &str) -> std::process::Command {
     let mut c = std::process::Command::new("curl");
