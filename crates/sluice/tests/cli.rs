@@ -240,6 +240,12 @@ fn bad_flags_get_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--chunk-bytes-max"), "{err}");
+    assert_eq!(err.matches("is too small for").count(), 1, "said once: {err}");
+    let out = sluice().args(["store", "--config"]).arg(dir.path().join("none.toml")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("none.toml: No such file or directory"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "said once: {err}");
     let out = sluice().args(["supervise", "--data-dir", x, "--", "true"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sluice certs"), "{err}");
