@@ -48,12 +48,13 @@ impl ErrorLog {
     }
 
     /// The source works (a request succeeded): the line to print, if its failure was told.
-    fn working(&mut self, source: &str) -> Option<String> {
+    /// Cheap when there is nothing to tell: it runs after every successful request.
+    fn working(&mut self, source: impl FnOnce() -> String) -> Option<String> {
         let failing = std::mem::take(&mut self.failing);
         if !std::mem::take(&mut self.told) {
             return None;
         }
-        Some(format!("sluice store: source {source}: working again after {failing} {}", failures(failing)))
+        Some(format!("sluice store: source {}: working again after {failing} {}", source(), failures(failing)))
     }
 }
 
@@ -187,13 +188,9 @@ impl SourceMetrics {
     }
 
     pub(crate) fn set_state(&self, state: SourceState) {
-        let name = {
-            let mut status = self.lock();
-            status.state = state;
-            status.name.clone()
-        };
+        self.lock().state = state;
         if state == SourceState::Connected {
-            if let Some(line) = self.error_log().working(&name) {
+            if let Some(line) = self.error_log().working(|| self.lock().name.clone()) {
                 eprintln!("{line}");
             }
         }
@@ -258,7 +255,7 @@ mod tests {
         let mut log = ErrorLog::default();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(log.working("web"), None, "nothing to tell before a failure");
+        assert_eq!(log.working(|| "web".into()), None, "nothing to tell before a failure");
         assert_eq!(
             log.failure(at(0), "web", "tls: refused").as_deref(),
             Some("sluice store: source web: tls: refused")
@@ -269,12 +266,15 @@ mod tests {
             log.failure(at(60), "web", "io: reset").as_deref(),
             Some("sluice store: source web: io: reset (2 more failures since the last line)")
         );
-        assert_eq!(log.working("web").as_deref(), Some("sluice store: source web: working again after 4 failures"));
-        assert_eq!(log.working("web"), None, "told once");
+        assert_eq!(
+            log.working(|| "web".into()).as_deref(),
+            Some("sluice store: source web: working again after 4 failures")
+        );
+        assert_eq!(log.working(|| "web".into()), None, "told once");
         // A flapping source: the next failure within the minute is left out, and so is its
         // recovery, so a tight loop prints at most two lines a minute.
         assert_eq!(log.failure(at(61), "web", "io: reset"), None);
-        assert_eq!(log.working("web"), None);
+        assert_eq!(log.working(|| "web".into()), None);
         assert_eq!(
             log.failure(at(121), "web", "io: reset").as_deref(),
             Some("sluice store: source web: io: reset (1 more failure since the last line)")

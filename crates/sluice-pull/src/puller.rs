@@ -75,10 +75,12 @@ pub const BACKFILL_PERMIT_IDLE: Duration = Duration::from_secs(1);
 /// The stream id of a source may change this many times within [`STREAM_CHANGES_WINDOW`] (a
 /// supervisor wiped or replaced); one more is a failure, backed off like any other.
 pub const STREAM_CHANGES_MAX: usize = 3;
+/// The window [`STREAM_CHANGES_MAX`] counts in.
 pub const STREAM_CHANGES_WINDOW: Duration = Duration::from_secs(60);
 /// A backfill fetch that has held its permit this long at less than [`BACKFILL_RATE_MIN`] gives
-/// it back and reads the rest of its chunk without one: a server that trickles bytes (never silent for
-/// [`BACKFILL_PERMIT_IDLE`]) would otherwise keep workers from every other source for hours.
+/// it back and reads the rest of its chunk without one: a server that trickles bytes (never
+/// silent for [`BACKFILL_PERMIT_IDLE`]) would otherwise keep workers from every other source for
+/// hours.
 pub const BACKFILL_RATE_WINDOW: Duration = Duration::from_secs(2);
 /// Bytes per second below which a backfill fetch is slow (a 1 MB chunk in 16 s): far below any
 /// network a supervisor is read over, so only a broken or overloaded server is ever this slow.
