@@ -523,6 +523,12 @@ impl Api {
             "Requests answered with a server error.",
             c.queries_failed.load(Relaxed),
         );
+        one(
+            "sluice_query_running",
+            "gauge",
+            "SQL queries and searches running now, counting any still computing past its time limit.",
+            self.engine.queries_running() as u64,
+        );
         let cache = self.engine.segment_metadata_cache();
         one(
             "sluice_query_metadata_cache_bytes",

@@ -44,10 +44,17 @@
 //! `SET` are refused, so no query can read or write a path. Dropping a query's future (the
 //! client went away) cancels its work.
 //!
-//! The time limit and the cancelling take effect when the plan's stream next yields: leaves
-//! yield per batch they read, and operators whose output can be far larger than their input
-//! (joins, unnest) per batch they produce (coop.rs), so that no plan computes for long in one
-//! step.
+//! The memory limit also holds for the answer itself: a result whose batches hold more than
+//! it is refused (413), which catches a value no operator reserved (a scalar function's output).
+//!
+//! Queries and searches run on threads of their own (pool.rs; as many as `target_partitions`),
+//! never on the caller's: the caller gets its answer at the time limit whatever the plan does.
+//! The query itself stops when its stream next yields: leaves yield per batch they read, and
+//! operators whose output can be far larger than their input (joins, unnest) per batch they
+//! produce (coop.rs). A plan can still compute for minutes in one step (a join whose filter
+//! matches no pair produces no batch to yield on); it then keeps its slot and its thread until
+//! it yields, so at most `concurrent_max` of them compute at once, and the caller's runtime
+//! (in the store: `/healthz`, pulling, shutdown) is never among their threads.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -55,13 +62,14 @@ mod coop;
 mod functions;
 mod literals;
 mod mask;
+mod pool;
 mod search;
 mod table;
 mod tail;
 mod terms;
 mod words;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -81,6 +89,8 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use sluice_store::{Store, StoreView, COL_OVERFLOW};
 use tokio::sync::Semaphore;
+
+use pool::{AbortOnDrop, QueryPool};
 
 pub use functions::{nearest_rank, overflow_text};
 pub use mask::{KeyError, MaskKey, HIDDEN, HIDDEN_COLUMNS, KEY_FILE};
@@ -260,7 +270,7 @@ struct Inner {
     store: Arc<Store>,
     key: MaskKey,
     cfg: EngineConfig,
-    running: Semaphore,
+    running: Arc<Semaphore>,
     /// Segment footers and page indexes, shared by every query of this engine.
     metadata: Arc<FileMetadataCache>,
 }
@@ -269,6 +279,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Apart from `inner`, which the queries on it hold: the last engine dropped stops it.
+    pool: Arc<OnceLock<QueryPool>>,
 }
 
 impl Engine {
@@ -279,10 +291,10 @@ impl Engine {
     }
 
     pub fn with_key(store: Arc<Store>, cfg: EngineConfig, key: MaskKey) -> Engine {
-        let running = Semaphore::new(cfg.concurrent_max.max(1));
+        let running = Arc::new(Semaphore::new(cfg.concurrent_max.max(1)));
         let metadata: Arc<FileMetadataCache> =
             Arc::new(DefaultCache::new(SEGMENT_METADATA_CACHE_BYTES).with_name("sluice-segment-metadata"));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }) }
+        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }), pool: Arc::new(OnceLock::new()) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -291,6 +303,12 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.cfg
+    }
+
+    /// Queries holding one of the [`EngineConfig::concurrent_max`] slots now, counting any still
+    /// computing past its time limit (its caller was answered; its plan has not yielded since).
+    pub fn queries_running(&self) -> usize {
+        self.inner.cfg.concurrent_max.max(1).saturating_sub(self.inner.running.available_permits())
     }
 
     /// What the cache of segment footers and page indexes holds.
@@ -312,8 +330,9 @@ impl Engine {
         self.run(sql, access, None, self.inner.cfg.rows_max).await
     }
 
-    /// Run `sql` with an optional segment filter, retrying once with a fresh view when a segment
-    /// vanished under the query (compaction or retention).
+    /// Run `sql` with an optional segment filter on the query threads (pool.rs), answering at the
+    /// time limit whether or not the query has stopped by then. Its concurrency slot is held until
+    /// it has: a query that computes on past its limit counts against the limit of queries at once.
     pub(crate) async fn run(
         &self,
         sql: &str,
@@ -321,23 +340,72 @@ impl Engine {
         filter: Option<SegmentFilter>,
         rows_max: usize,
     ) -> Result<QueryOutput, QueryError> {
-        let _permit = self.inner.running.try_acquire().map_err(|_| QueryError::Busy(self.inner.cfg.concurrent_max))?;
+        let permit = self
+            .inner
+            .running
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| QueryError::Busy(self.inner.cfg.concurrent_max))?;
+        let pool = self.pool()?;
         let started = Instant::now();
+        let inner = self.inner.clone();
+        let sql = sql.to_owned();
+        let mut task = AbortOnDrop(pool.spawn(async move {
+            let out = inner.run_retrying(&sql, access, filter, rows_max).await;
+            drop(permit);
+            out
+        }));
+        let time_max = self.inner.cfg.time_max;
+        match tokio::time::timeout(time_max, &mut task.0).await {
+            Err(_) => Err(QueryError::Timeout(time_max)),
+            Ok(Err(e)) => Err(QueryError::Internal(format!("the query stopped abnormally: {e}"))),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(mut out))) => {
+                out.stats.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                Ok(out)
+            }
+        }
+    }
+
+    fn pool(&self) -> Result<&QueryPool, QueryError> {
+        if let Some(p) = self.pool.get() {
+            return Ok(p);
+        }
+        let threads = self.inner.cfg.target_partitions.max(1);
+        let made =
+            QueryPool::new(threads).map_err(|e| QueryError::Internal(format!("cannot start query threads: {e}")))?;
+        // Another caller may have won the race; its pool is as good, and ours stops here.
+        Ok(self.pool.get_or_init(|| made))
+    }
+
+    /// A session whose `events` table is `table` (of `schema`), masked unless `access.pii`. The
+    /// live tail plans once over a table of its own rows with this.
+    pub(crate) fn context_over(
+        &self,
+        table: Arc<dyn datafusion::catalog::TableProvider>,
+        schema: SchemaRef,
+        access: Access,
+    ) -> Result<SessionContext, QueryError> {
+        self.inner.context_over(table, schema, access)
+    }
+}
+
+impl Inner {
+    /// Run `sql` on a fresh view, once more when a segment vanished under the query (compaction
+    /// or retention).
+    async fn run_retrying(
+        &self,
+        sql: &str,
+        access: Access,
+        filter: Option<SegmentFilter>,
+        rows_max: usize,
+    ) -> Result<QueryOutput, QueryError> {
         let mut attempt = 0;
         loop {
-            let view = self.inner.store.view();
-            let run = self.run_view(sql, access, filter.clone(), view, rows_max);
-            let result = match tokio::time::timeout(self.inner.cfg.time_max, run).await {
-                Ok(r) => r,
-                Err(_) => Err(QueryError::Timeout(self.inner.cfg.time_max)),
-            };
-            match result {
+            let view = self.store.view();
+            match self.run_view(sql, access, filter.clone(), view, rows_max).await {
                 Err(e) if attempt == 0 && is_gone(&e) => attempt += 1,
-                Err(e) => return Err(e),
-                Ok(mut out) => {
-                    out.stats.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    return Ok(out);
-                }
+                result => return result,
             }
         }
     }
@@ -362,17 +430,17 @@ impl Engine {
         schema: SchemaRef,
         access: Access,
     ) -> Result<SessionContext, QueryError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.cfg;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(cfg.memory_max_bytes, 1.0)
             .with_cache_manager(
                 CacheManagerConfig::default()
-                    .with_file_metadata_cache(Some(self.inner.metadata.clone()))
+                    .with_file_metadata_cache(Some(self.metadata.clone()))
                     .with_metadata_cache_limit(SEGMENT_METADATA_CACHE_BYTES),
             )
             .build_arc()
             .map_err(|e| QueryError::Internal(e.to_string()))?;
-        runtime.register_object_store(table::segments_url().as_ref(), self.inner.store.object_store());
+        runtime.register_object_store(table::segments_url().as_ref(), self.store.object_store());
         let mut config = SessionConfig::new().with_target_partitions(cfg.target_partitions.max(1));
         // Late materialisation: decode the other columns only for rows that pass the filters,
         // which is what makes needle queries cheap.
@@ -385,7 +453,7 @@ impl Engine {
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
             table
         } else {
-            let key = self.inner.key;
+            let key = self.key;
             let value = MaskUdf::udf(MaskKind::Value, key);
             let overflow = MaskUdf::udf(MaskKind::Overflow, key);
             let hide = MaskUdf::udf(MaskKind::Hide, key);
@@ -426,7 +494,7 @@ impl Engine {
         view: StoreView,
         rows_max: usize,
     ) -> Result<QueryOutput, QueryError> {
-        let mem = self.inner.cfg.memory_max_bytes;
+        let mem = self.cfg.memory_max_bytes;
         let counters = Arc::new(ScanCounters::default());
         let ctx = self.context(view, access, filter, counters.clone())?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
@@ -436,9 +504,19 @@ impl Engine {
         let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(|e| classify(e, mem))?;
         let mut batches = Vec::new();
         let mut rows = 0usize;
+        let mut bytes = 0usize;
         let mut truncated = false;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(|e| classify(e, mem))?;
+            // The memory pool sees what operators reserve, not what a scalar function builds
+            // (`repeat('x', 1500000000)` is one call): the answer itself is held to the limit.
+            bytes = bytes.saturating_add(result_bytes(&batch));
+            if bytes > mem {
+                return Err(QueryError::TooLarge {
+                    limit_bytes: mem,
+                    message: format!("the result reached {bytes} bytes"),
+                });
+            }
             if rows + batch.num_rows() > rows_max {
                 batches.push(batch.slice(0, rows_max - rows));
                 truncated = true;
@@ -459,6 +537,16 @@ impl Engine {
         add_scan_metrics(&plan, &mut stats);
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
+}
+
+/// The bytes `batch` holds, counting only the part of each buffer a slice covers (a limit's
+/// slice of a large batch is not charged for the whole batch).
+fn result_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum()
 }
 
 /// DataFusion's default session with [`literals::UnsignedLiterals`] placed before its type

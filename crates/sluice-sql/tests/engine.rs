@@ -163,6 +163,68 @@ async fn the_time_limit_ends_a_join_whose_output_dwarfs_its_input() {
     );
 }
 
+/// A join whose filter compiles a LIKE pattern per pair of rows and matches none: nothing comes
+/// out to yield on, so one poll computes the whole join (minutes). The caller's runtime — in the
+/// store, the one that serves `/healthz`, pulls sources and acts on SIGTERM — must stay free, and
+/// the caller must get its answer at the time limit, not when the poll ends.
+#[tokio::test(flavor = "current_thread")]
+async fn a_query_that_never_yields_leaves_the_callers_runtime_free_and_answers_at_its_limit() {
+    let mut f = Fixture::with_engine(EngineConfig { time_max: Duration::from_secs(1), ..EngineConfig::default() });
+    let lines: Vec<String> = (0..6000).map(|i| event(i, T0 + i * 1_000_000)).collect();
+    f.commit(&lines).await;
+    let engine = f.engine.clone();
+    let started = Instant::now();
+    let mut query = tokio::spawn(async move {
+        engine
+            .sql(
+                "SELECT count(*) AS n FROM events a, events b \
+                 WHERE concat(a.msg, b.rpc_method) LIKE concat(b.msg, a.rpc_method, '%zz%')",
+                VIEWER,
+            )
+            .await
+    });
+    // A tick every 50 ms on this (single) thread: the longest gap is how long the query held it.
+    let mut gap_max = Duration::ZERO;
+    let mut last = Instant::now();
+    let out = loop {
+        tokio::select! {
+            out = &mut query => break out.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                gap_max = gap_max.max(last.elapsed());
+                last = Instant::now();
+                assert!(started.elapsed() < Duration::from_secs(60), "no answer after 60 s for a 1 s limit");
+            }
+        }
+    };
+    gap_max = gap_max.max(last.elapsed());
+    assert!(matches!(out, Err(QueryError::Timeout(_))), "{:?}", out.map(|o| o.stats));
+    // Generous for a loaded machine; without its own threads the query held this one for minutes.
+    assert!(started.elapsed() < Duration::from_secs(15), "answered after {:?}", started.elapsed());
+    assert!(gap_max < Duration::from_secs(5), "the caller's thread was held for {gap_max:?}");
+    // The runaway keeps its slot until it really stops, and the other slots still answer.
+    let out = f.engine.sql("SELECT count(*) AS n FROM events", PII).await.unwrap();
+    assert_eq!(u64s(&out.batches, "n"), vec![6000]);
+}
+
+/// A result larger than the memory limit is refused, even when no operator asked the memory pool
+/// for it (a scalar function can build a huge value in one call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_memory_limit_is_refused() {
+    let mut f = Fixture::with_engine(EngineConfig { memory_max_bytes: 4 << 20, ..EngineConfig::default() });
+    f.commit(&[event(1, T0)]).await;
+    let out = f.engine.sql("SELECT repeat('x', 8000000) AS big", PII).await;
+    match out {
+        Err(e @ QueryError::TooLarge { .. }) => {
+            assert_eq!(e.status(), 413);
+            assert!(e.to_string().contains("the result"), "{e}");
+        }
+        other => panic!("{:?}", other.map(|o| o.rows())),
+    }
+    // Under the limit it is served.
+    let out = f.engine.sql("SELECT repeat('x', 1000000) AS big", PII).await.unwrap();
+    assert_eq!(strings(&out.batches, "big")[0].as_deref().map(str::len), Some(1_000_000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn segment_footers_are_read_once_and_a_compacted_segment_afresh() {
     let mut f = Fixture::new();

@@ -354,8 +354,11 @@ async fn serve(
     // Every other holder is gone now; close flushes the buffer into segments.
     match Arc::try_unwrap(store) {
         Ok(store) => tokio::task::spawn_blocking(move || store.close()).await.context("store close panicked")??,
-        Err(_) => {
-            eprintln!("sluice store: still in use at shutdown; the write-ahead log keeps everything for the next start")
+        // A query still computing past its time limit holds the store (its thread ends with the
+        // process): the buffer is flushed all the same.
+        Err(store) => {
+            eprintln!("sluice store: a query is still running at shutdown; it is abandoned");
+            tokio::task::spawn_blocking(move || store.flush()).await.context("store flush panicked")??;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -122,7 +122,7 @@ fn sql_search_tail_roles_and_cli_against_a_real_store() {
         ),
     )
     .unwrap();
-    let store = StoreProc::start(&config);
+    let mut store = StoreProc::start(&config);
     let l = store.listen.clone();
 
     // Everything the generators wrote arrives (the supervisors' own events left out).
@@ -287,5 +287,36 @@ fn sql_search_tail_roles_and_cli_against_a_real_store() {
     assert_eq!(json[0]["probe_id"], "p3");
     let nd = cli(&["search", "--output", "ndjson", "--since", "100000d", "--limit", "2", "probe_id:*"]);
     assert_eq!(nd.lines().count(), 2);
+
+    // A query that computes for minutes in one step (a join whose LIKE pattern is a column and
+    // matches nothing, so no batch comes out to yield on) holds only the query threads: /metrics,
+    // /healthz, other queries and SIGTERM are still served.
+    let runaway = serde_json::json!({
+        "sql": "SELECT count(*) AS n FROM events a, events b \
+                WHERE concat(a.message, b.url) LIKE concat(b.message, a.url, '%zz%')"
+    })
+    .to_string();
+    let mut slow = Command::new("curl")
+        .args(["-sS", "--max-time", "300", "-o", "/dev/null", "-H", &format!("Authorization: Bearer {VIEWER}")])
+        .args(["-H", "Content-Type: application/json", "--data-binary", &runaway])
+        .arg(format!("http://{l}/api/sql"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the runaway query runs", || store.metric("sluice_query_running") == Some(1.0));
+    let asked = Instant::now();
+    assert_eq!(store.healthz().0, 200);
+    assert!(asked.elapsed() < Duration::from_secs(5), "/healthz took {:?}", asked.elapsed());
+    assert_eq!(gen_count(&sql(&l, VIEWER, &format!("SELECT count(*) AS n FROM events WHERE {GENERATED}"))), want_total);
+    assert_eq!(store.metric("sluice_query_running"), Some(1.0), "still computing");
+    let stopping = Instant::now();
+    store.signal(libc::SIGTERM);
+    assert_eq!(store.wait(), 0, "the store stops without waiting for the query");
+    assert!(stopping.elapsed() < Duration::from_secs(30), "stopped after {:?}", stopping.elapsed());
+    let said = store.stderr_so_far();
+    assert!(said.iter().any(|l| l.contains("a query is still running at shutdown")), "{said:?}");
+    let _ = slow.kill();
+    let _ = slow.wait();
     drop(sups);
 }
