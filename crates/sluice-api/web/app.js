@@ -180,7 +180,7 @@ function eventRow(row) {
     const kv = el('span', 'kv');
     kv.dataset.key = key;
     const full = showValue(value);
-    const v = el('span', key.startsWith('pii_') ? 'v pii' : 'v', cut(full));
+    const v = el('span', key.toLowerCase().startsWith('pii_') ? 'v pii' : 'v', cut(full));
     if (full !== v.textContent) v.classList.add('cut');
     kv.append(el('span', 'k', key + '='), v);
     fields.append(kv);

@@ -89,5 +89,5 @@ pub use sql::{
     quote_ident, quote_str, text_column_sql, to_sql, to_sql_for, to_sql_with_words, word_regex, ColumnType, SqlDialect,
     SqlError, TEXT_COLUMN, TEXT_SEPARATOR,
 };
-pub use text::{normalize, text_matches, tokens, trigrams, PII_PREFIX};
+pub use text::{is_pii, normalize, text_matches, tokens, trigrams, PII_PREFIX};
 pub use time::{parse_time, TimeError};

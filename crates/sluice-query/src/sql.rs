@@ -7,7 +7,7 @@
 
 use crate::ast::Query;
 use crate::parse::DEPTH_MAX;
-use crate::text::{normalize, tokens, PII_PREFIX};
+use crate::text::{normalize, tokens};
 
 /// The column bare words and phrases are matched against: the event's string values whose keys
 /// do not start with `pii_`, joined with [`TEXT_SEPARATOR`]. Tables do not have it; a harness
@@ -76,7 +76,7 @@ pub fn quote_str(text: &str) -> String {
 /// ```
 pub fn text_column_sql(string_columns: &[&str]) -> String {
     let searched: Vec<String> =
-        string_columns.iter().filter(|name| !name.starts_with(PII_PREFIX)).map(|name| quote_ident(name)).collect();
+        string_columns.iter().filter(|name| !crate::is_pii(name)).map(|name| quote_ident(name)).collect();
     if searched.is_empty() {
         return "''".to_owned();
     }

@@ -6,8 +6,20 @@
 //! alphanumeric, such as the combining dot of `İ`, so normalising first would split differently).
 //! It does not decide which values are indexed; that is the store's job (never `pii_*` values).
 
-/// Keys starting with this hold personal data; bare words never look inside their values.
+/// Keys starting with this, in any case, hold personal data ([`is_pii`]); bare words never look
+/// inside their values.
 pub const PII_PREFIX: &str = "pii_";
+
+/// Whether `key` holds personal data: it starts with [`PII_PREFIX`] in any ASCII case, so
+/// `PII_email` and `Pii_ip` are masked like `pii_email`.
+///
+/// ```
+/// assert!(sluice_query::is_pii("pii_uid") && sluice_query::is_pii("PII_Email") && sluice_query::is_pii("Pii_"));
+/// assert!(!sluice_query::is_pii("pii") && !sluice_query::is_pii("piiuid") && !sluice_query::is_pii("x_pii_uid"));
+/// ```
+pub fn is_pii(key: &str) -> bool {
+    key.as_bytes().get(..PII_PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PII_PREFIX.as_bytes()))
+}
 
 /// The tokens of `text`: the maximal runs of alphanumeric characters (Unicode-aware,
 /// [`char::is_alphanumeric`]), in order, with their original case. Everything else — spaces,

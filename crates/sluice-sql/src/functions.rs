@@ -342,7 +342,7 @@ pub fn overflow_text(json: &str) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) {
         for (k, v) in map {
             if let serde_json::Value::String(s) = v {
-                if !k.starts_with(crate::mask::PII_PREFIX) {
+                if !sluice_query::is_pii(&k) {
                     if !out.is_empty() {
                         out.push(sluice_query::TEXT_SEPARATOR);
                     }

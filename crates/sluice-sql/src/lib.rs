@@ -100,7 +100,7 @@ pub use search::{
 pub use table::{EventsTable, ScanCounters, SegmentAccess, SegmentFilter};
 pub use tail::{Tail, TailBatch, TAIL_BACKLOG_ROWS_MAX};
 
-use mask::{MaskKind, MaskUdf, PII_PREFIX};
+use mask::{MaskKind, MaskUdf};
 
 /// Default memory limit of one query.
 pub const MEMORY_MAX_BYTES_DEFAULT: usize = 1024 * 1024 * 1024;
@@ -463,7 +463,7 @@ impl Inner {
                 .map(|f| {
                     let name = f.name().as_str();
                     let c = ident(name);
-                    if name.starts_with(PII_PREFIX) {
+                    if sluice_query::is_pii(name) {
                         value.call(vec![c]).alias(name)
                     } else if name == COL_OVERFLOW {
                         overflow.call(vec![c]).alias(name)

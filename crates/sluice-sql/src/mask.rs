@@ -31,7 +31,6 @@ pub const HIDDEN: &str = sluice_store::terms::MASKED_TEXT;
 pub const HIDDEN_COLUMNS: [&str; 3] = ["sluice_raw", "sluice_raw_b64", "sluice_bad_values"];
 /// Key of `sluice_overflow` that carries the text of a line the store could not parse.
 const OVERFLOW_UNPARSED: &str = "sluice_unparsed";
-pub(crate) const PII_PREFIX: &str = sluice_query::PII_PREFIX;
 
 /// The deployment's masking key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,7 +126,7 @@ impl MaskKey {
             .map(|(k, v)| {
                 let v = if k == OVERFLOW_UNPARSED {
                     serde_json::Value::String(HIDDEN.to_owned())
-                } else if k.starts_with(PII_PREFIX) {
+                } else if sluice_query::is_pii(&k) {
                     match v {
                         serde_json::Value::Number(n) if n.as_u64().is_some() => {
                             serde_json::Value::from(self.mask_u64(n.as_u64().unwrap_or_default()))

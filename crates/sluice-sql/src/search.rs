@@ -8,7 +8,6 @@ use datafusion::arrow::datatypes::{DataType, Schema};
 use sluice_query::{normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, Query, SqlDialect};
 use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
 
-use crate::mask::PII_PREFIX;
 use crate::{Access, Engine, QueryError, QueryOutput, TABLE};
 
 /// Rows a search returns unless asked otherwise.
@@ -120,7 +119,7 @@ fn searched_columns(schema: &Schema) -> impl Iterator<Item = &str> {
         .iter()
         .filter(|f| matches!(f.data_type(), DataType::Utf8))
         .map(|f| f.name().as_str())
-        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW && !n.starts_with(PII_PREFIX))
+        .filter(|n| *n != "sluice_stream" && *n != COL_OVERFLOW && !sluice_query::is_pii(n))
 }
 
 /// The columns of `events`, quoted, for `SELECT` lists.
@@ -144,7 +143,7 @@ fn collect_needed(q: &Query, schema: &Schema, access: Access, out: &mut Vec<Need
             if column_type(schema, field) != Some(ColumnType::String) {
                 return;
             }
-            if field.starts_with(PII_PREFIX) {
+            if sluice_query::is_pii(field) {
                 // Only a caller who sees clear values compares them, and only such a caller may
                 // learn from an index whether a value is absent.
                 if access.pii {

@@ -291,6 +291,9 @@ async fn pii_is_masked_for_viewers_everywhere_and_cannot_be_probed() {
     lines.push(format!(r#"{{"time_ns":{},"pii_uid":7,"pii_email":"x@example.com","msg":"conflict"}}"#, T0 + 100));
     lines.push(format!(r#"{{"time_ns":{},"sluice_bad":"not_json","sluice_raw":"secret U000003 text"}}"#, T0 + 101));
     lines.push("this line is not json U000004".to_owned());
+    // `pii_` in any case: as columns, and as a value of conflicting type in the overflow JSON.
+    lines.push(format!(r#"{{"time_ns":{},"PII_Email":"boss@example.com","Pii_n":5}}"#, T0 + 102));
+    lines.push(format!(r#"{{"time_ns":{},"Pii_n":"card 4111 secret"}}"#, T0 + 103));
     f.commit(&lines[..10]).await;
     f.flush();
     f.commit(&lines[10..]).await;
@@ -327,16 +330,23 @@ async fn pii_is_masked_for_viewers_everywhere_and_cannot_be_probed() {
         }
         text
     };
+    let secrets = ["U000003", "x@example.com", "secret U000003", "not json U000004", "boss@example.com", "card 4111"];
     let all = f.engine.sql("SELECT * FROM events", VIEWER).await.unwrap();
     let text = dump(&all.batches);
-    for secret in ["U000003", "x@example.com", "secret U000003", "not json U000004"] {
+    for secret in secrets {
         assert!(!text.contains(secret), "{secret} leaked to a viewer:\n{text}");
     }
     assert!(text.contains(HIDDEN), "bad-line text is hidden, visibly");
+    let out = f.engine.sql("SELECT \"Pii_n\" AS n FROM events WHERE \"Pii_n\" IS NOT NULL", VIEWER).await.unwrap();
+    assert_ne!(u64s(&out.batches, "n"), vec![5], "an integer is masked in any case of the prefix");
     let all = f.engine.sql("SELECT * FROM events", PII).await.unwrap();
     let text = dump(&all.batches);
-    for secret in ["U000003", "x@example.com", "secret U000003", "not json U000004"] {
+    for secret in secrets {
         assert!(text.contains(secret), "{secret} missing for the pii role");
+    }
+    for word in ["boss", "4111"] {
+        let req = SearchRequest { query: word.into(), since_ns: None, until_ns: None, limit: 10 };
+        assert_eq!(f.engine.search(&req, VIEWER).await.unwrap().rows(), 0, "a bare word finds {word} inside pii");
     }
 
     // The masking functions are not callable: nobody can hash a guess.

@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | open | every other string column, `sluice_source` included | token, 3-gram and column filters |
 //! | hidden | `sluice_raw`, `sluice_raw_b64`, `sluice_bad_values`, overflow `sluice_unparsed` | restricted filter: tokens and 3-grams |
-//! | pii | names starting with `pii_` | restricted filter: (name, token) pairs |
+//! | pii | names starting with `pii_`, in any case | restricted filter: (name, token) pairs |
 //! | not indexed | `sluice_stream`, `sluice_overflow` as a whole, non-string columns | — |
 //!
 //! The open filters hold only what every caller may search, so any caller may prune with them.
@@ -111,7 +111,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
 use bytes::Bytes;
 use object_store::{path::Path as ObjectPath, ObjectStore, ObjectStoreExt};
-use sluice_query::{normalize, tokens, trigrams, PII_PREFIX};
+use sluice_query::{normalize, tokens, trigrams};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::buffer::{COL_OVERFLOW, COL_STREAM, OVERFLOW_UNPARSED};
@@ -200,7 +200,7 @@ pub enum ColumnClass {
 /// The class of a column or overflow key by its name (string values only are ever indexed).
 pub fn column_class(name: &str) -> ColumnClass {
     use sluice_event::{KEY_BAD_VALUES, KEY_RAW, KEY_RAW_B64};
-    if name.starts_with(PII_PREFIX) {
+    if sluice_query::is_pii(name) {
         ColumnClass::Pii
     } else if [KEY_RAW, KEY_RAW_B64, KEY_BAD_VALUES, OVERFLOW_UNPARSED].contains(&name) {
         ColumnClass::Hidden
@@ -1283,7 +1283,10 @@ mod tests {
             ("sluice_source", ColumnClass::Open),
             ("sluice_bad", ColumnClass::Open),
             ("pii_uid", ColumnClass::Pii),
-            ("PII_uid", ColumnClass::Open),
+            ("PII_uid", ColumnClass::Pii),
+            ("Pii_x", ColumnClass::Pii),
+            ("piiuid", ColumnClass::Open),
+            ("x_pii_uid", ColumnClass::Open),
             ("sluice_raw", ColumnClass::Hidden),
             ("sluice_raw_b64", ColumnClass::Hidden),
             ("sluice_bad_values", ColumnClass::Hidden),
