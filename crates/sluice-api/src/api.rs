@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::format::{self, Format, Nulls, RowEncoder};
 use crate::ops;
-use crate::tokens::{Caller, TokenSet};
+use crate::tokens::{Caller, Roles, TokenSet};
 use crate::web;
 
 /// Largest `POST /api/sql` body.
@@ -306,7 +306,7 @@ impl Api {
             }
             Route::Sql => self.sql(req, access).await,
             Route::Search => self.search(&req, access).await,
-            Route::Tail => self.tail(&req, access),
+            Route::Tail => self.tail(&req, access, caller.map(|c| c.roles)),
             Route::Sources => Ok(json_response(StatusCode::OK, self.sources())),
             Route::Flush => {
                 if !caller.as_ref().is_some_and(|c| c.roles.admin) {
@@ -332,10 +332,8 @@ impl Api {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(unauthorized("no token: send the header Authorization: Bearer <token>"));
         };
-        let value = value.to_str().unwrap_or("");
-        let secret = match value.split_once(' ') {
-            Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") => secret.trim(),
-            _ => return Err(unauthorized("the Authorization header must be Bearer <token>")),
+        let Some(secret) = bearer(value) else {
+            return Err(unauthorized("the Authorization header must be Bearer <token>"));
         };
         tokens
             .authenticate(secret)
@@ -418,7 +416,7 @@ impl Api {
         encode_answer(format::without_empty_columns(out), format, Nulls::Omit).await
     }
 
-    fn tail<B>(&self, req: &Request<B>, access: Access) -> Result<Response<ApiBody>, ApiError> {
+    fn tail<B>(&self, req: &Request<B>, access: Access, roles: Option<Roles>) -> Result<Response<ApiBody>, ApiError> {
         let params = Params::parse(req.uri().query(), &["q"], "/api/tail")?;
         if *self.stop.borrow() {
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the store is shutting down"));
@@ -430,6 +428,12 @@ impl Api {
             )
         })?;
         let tail = self.engine.tail(params.get("q").unwrap_or(""), access)?;
+        let grant = match (&self.tokens, req.headers().get(header::AUTHORIZATION).and_then(bearer), roles) {
+            (Some(tokens), Some(secret), Some(roles)) => {
+                Some(Grant { tokens: tokens.clone(), reloads: tokens.reloads(), secret: secret.to_owned(), roles })
+            }
+            _ => None,
+        };
         let (tx, rx) = mpsc::channel(TAIL_QUEUE_FRAMES);
         let driver = TailDriver {
             tail,
@@ -437,6 +441,7 @@ impl Api {
             keepalive: self.tail_keepalive,
             stop: self.stop.subscribe(),
             counters: self.counters.clone(),
+            grant,
         };
         self.counters.tails_open.fetch_add(1, Relaxed);
         tokio::spawn(async move {
@@ -553,6 +558,14 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The secret of an `Authorization: Bearer <secret>` value.
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    match value.to_str().ok()?.split_once(' ') {
+        Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") => Some(secret.trim()),
+        _ => None,
+    }
+}
+
 fn accept(headers: &HeaderMap) -> Result<Format, ApiError> {
     let value = headers.get(header::ACCEPT).map(|v| v.to_str().unwrap_or("?"));
     Format::from_accept(value).map_err(|m| ApiError::new(StatusCode::NOT_ACCEPTABLE, m))
@@ -663,9 +676,37 @@ struct TailDriver {
     keepalive: Duration,
     stop: watch::Receiver<bool>,
     counters: Arc<ApiCounters>,
+    grant: Option<Grant>,
+}
+
+/// The token a tail was opened with, checked again at every reload of the tokens file: a tail
+/// whose token was removed, or whose roles changed, ends.
+struct Grant {
+    tokens: TokenSet,
+    reloads: watch::Receiver<u64>,
+    secret: String,
+    roles: Roles,
+}
+
+impl Grant {
+    /// Resolves at the next reload (never, once the token set is gone).
+    async fn reloaded(grant: &mut Option<Grant>) {
+        let changed = match grant {
+            Some(g) => g.reloads.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn still_holds(&self) -> bool {
+        self.tokens.authenticate(&self.secret).is_some_and(|c| c.roles == self.roles)
+    }
 }
 
 enum Step {
+    Reloaded,
     Keepalive,
     Batch(Result<TailBatch, QueryError>),
     End,
@@ -680,11 +721,20 @@ impl TailDriver {
             let step = tokio::select! {
                 _ = self.tx.closed() => Step::End,
                 _ = self.stop.wait_for(|&s| s) => Step::End,
+                _ = Grant::reloaded(&mut self.grant) => Step::Reloaded,
                 _ = tick.tick() => Step::Keepalive,
                 r = self.tail.next() => Step::Batch(r),
             };
             let frames = match step {
                 Step::End => return,
+                Step::Reloaded if self.grant.as_ref().is_some_and(Grant::still_holds) => continue,
+                Step::Reloaded => {
+                    let data = serde_json::json!({
+                        "error": "this tail's token was removed or its roles changed; open the tail again with a valid token"
+                    });
+                    let _ = self.send(Bytes::from(format!("event: error\ndata: {data}\n\n"))).await;
+                    return;
+                }
                 Step::Keepalive => vec![Bytes::from_static(b": keepalive\n\n")],
                 Step::Batch(Ok(batch)) => {
                     // Up to TAIL_BACKLOG_ROWS_MAX rows to write: not on an async worker.

@@ -310,6 +310,8 @@ impl Tokens {
 pub struct TokenSet {
     path: PathBuf,
     current: Arc<RwLock<Arc<Tokens>>>,
+    /// Counts the reloads that took effect, for whoever holds a token for long (an open tail).
+    reloads: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -322,7 +324,11 @@ impl TokenSet {
     /// Reads the file at `path`.
     pub fn load(path: &Path) -> Result<TokenSet, TokenError> {
         let tokens = Tokens::load(path)?;
-        Ok(TokenSet { path: path.to_path_buf(), current: Arc::new(RwLock::new(Arc::new(tokens))) })
+        Ok(TokenSet {
+            path: path.to_path_buf(),
+            current: Arc::new(RwLock::new(Arc::new(tokens))),
+            reloads: Arc::new(tokio::sync::watch::channel(0).0),
+        })
     }
 
     /// The file this set is read from.
@@ -331,12 +337,19 @@ impl TokenSet {
     }
 
     /// Reads the file again; on any error the tokens in force stay. Returns how many tokens the
-    /// new file has. Requests already authenticated keep their roles.
+    /// new file has. Requests already answering keep their roles; an open tail checks its token
+    /// again ([`TokenSet::reloads`]).
     pub fn reload(&self) -> Result<usize, TokenError> {
         let tokens = Arc::new(Tokens::load(&self.path)?);
         let n = tokens.len();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = tokens;
+        self.reloads.send_modify(|n| *n += 1);
         Ok(n)
+    }
+
+    /// Changes whenever a reload took effect.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     pub fn authenticate(&self, secret: &str) -> Option<Caller> {

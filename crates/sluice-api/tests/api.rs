@@ -78,6 +78,7 @@ struct Harness {
     store: Arc<Store>,
     api: Arc<Api>,
     pull: Arc<PullMetrics>,
+    tokens: Option<TokenSet>,
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
@@ -100,12 +101,12 @@ impl Harness {
             None
         };
         let pull = Arc::new(PullMetrics::new());
-        let api = Arc::new(Api::new(engine, pull.clone(), tokens).with_tail_keepalive(o.keepalive));
+        let api = Arc::new(Api::new(engine, pull.clone(), tokens.clone()).with_tail_keepalive(o.keepalive));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, rx) = watch::channel(false);
         let server = tokio::spawn(sluice_api::serve(listener, api.clone(), o.tls, rx));
-        Harness { _dir: dir, store, api, pull, addr, shutdown, server, chunks: Default::default() }
+        Harness { _dir: dir, store, api, pull, tokens, addr, shutdown, server, chunks: Default::default() }
     }
 
     /// Commits `lines` as one closed chunk of source `src-a`.
@@ -888,6 +889,52 @@ async fn tail_delivers_matching_events_in_order_and_keeps_the_line_alive() {
         assert!(block.starts_with(':') || block.starts_with("event: row"), "{block}");
     }
     tokio::time::timeout(DEADLINE, h.server).await.expect("the server stops").unwrap();
+}
+
+/// Re-reading the tokens file (SIGHUP) ends the open tails whose token is gone or whose roles
+/// changed; the others stream on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_ends_when_its_token_is_revoked_or_its_roles_change() {
+    let h = Harness::start(Options { keepalive: Duration::from_secs(3600), ..Options::default() }).await;
+    let mut viewer = Sse::open(h.addr, "q=", VIEWER).await;
+    let mut pii = Sse::open(h.addr, "q=", PII).await;
+    let mut admin = Sse::open(h.addr, "q=", ADMIN).await;
+    let deadline = Instant::now() + DEADLINE;
+    while h.api.tails_open() != 3 {
+        assert!(Instant::now() < deadline, "the tails did not open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // vera's token removed, pia's pii role taken away, otto's unchanged.
+    let tokens = h.tokens.as_ref().unwrap();
+    let without_vera = TOKENS.replacen(
+        "[[token]]\nname = \"vera\"\nsecret = \"viewer-secret-0123456789\"\nroles = [\"viewer\"]\n",
+        "",
+        1,
+    );
+    let changed = without_vera.replace("roles = [\"pii\"]", "roles = [\"viewer\"]");
+    assert!(!changed.contains("vera") && !changed.contains("\"pii\"]"), "{changed}");
+    std::fs::write(tokens.path(), changed).unwrap();
+    assert_eq!(tokens.reload().unwrap(), 2);
+    for (name, tail) in [("vera", &mut viewer), ("pia", &mut pii)] {
+        let block = tail.next_block().await.expect("an error event before the end");
+        let (event, data) = parse_event(&block);
+        assert_eq!(event, "error", "{name}: {block}");
+        assert!(data["error"].as_str().unwrap().contains("token was removed or its roles changed"), "{data}");
+        assert_eq!(tail.next_block().await, None, "{name}'s tail ends");
+    }
+    // The unchanged token's tail still streams.
+    let base = now_ns();
+    h.commit(&lines(&events(0..3, base))).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(admin.next_event("row").await["n"].as_u64());
+    }
+    assert_eq!(got, vec![Some(0), Some(1), Some(2)]);
+    let deadline = Instant::now() + DEADLINE;
+    while h.api.tails_open() != 1 {
+        assert!(Instant::now() < deadline, "the ended tails are still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
