@@ -58,7 +58,10 @@
 //! - **`field:value`** on a string field is exact, case-sensitive equality with the whole value,
 //!   quoted or not. On an integer field, it is numeric equality when the value is all digits
 //!   (`status:500`, `status:"0500"`) and matches nothing otherwise. A field the events do not
-//!   have matches nothing, so its negation matches every event.
+//!   have matches nothing, so its negation matches every event. Where the store keeps a value
+//!   outside its field's column (a value of another type, a key past the cap of columns), the
+//!   same test is applied to that value too: `field:value` to its text (a number as its digits),
+//!   comparisons to it as an integer, `field:*` to its presence.
 //! - **Comparisons** are numeric: an integer field compared with the number; a string field never
 //!   matches.
 //! - **`field:*`** matches events that have the field (with a value of the column's type).
@@ -86,8 +89,8 @@ mod time;
 pub use ast::{CompareOp, Query};
 pub use parse::{parse, SyntaxError, DEPTH_MAX, INPUT_BYTES_MAX, TERMS_MAX};
 pub use sql::{
-    quote_ident, quote_str, text_column_sql, to_sql, to_sql_for, to_sql_with_words, word_regex, ColumnType, SqlDialect,
-    SqlError, TEXT_COLUMN, TEXT_SEPARATOR,
+    quote_ident, quote_str, text_column_sql, to_sql, to_sql_for, to_sql_with_words, word_regex, ColumnType,
+    OverflowValue, SqlDialect, SqlError, TEXT_COLUMN, TEXT_SEPARATOR,
 };
 pub use text::{is_pii, normalize, text_matches, tokens, trigrams, PII_PREFIX};
 pub use time::{parse_time, TimeError};

@@ -165,7 +165,7 @@ pub fn to_sql_for(
     columns: &dyn Fn(&str) -> Option<ColumnType>,
     dialect: SqlDialect,
 ) -> Result<String, SqlError> {
-    Ok(render(q, columns, dialect, None, 0)?.into_string())
+    Ok(render(q, columns, dialect, Leaves { words: None, overflow: None }, 0)?.into_string())
 }
 
 /// [`to_sql_for`], with each bare word or phrase tested by `words(regex)` instead of by the
@@ -173,23 +173,58 @@ pub fn to_sql_for(
 /// at a time (the regex never crosses [`TEXT_SEPARATOR`], so that is equivalent) renders the
 /// test itself. `regex` is [`word_regex`] of the term; the result is still wrapped in
 /// `COALESCE(…, FALSE)`.
+///
+/// With `overflow`, a field is also looked up where a table keeps values that have no column of
+/// their type (a value of conflicting type, a key past the column cap): `overflow(field)` gives
+/// that value as SQL expressions, as text (a number as its digits, NULL when absent) and as an
+/// integer (NULL unless it is one). Each field leaf is then "the column's test OR the same test
+/// on that value": `field:value` compares the text, `field:>N` the integer, `field:*` is true
+/// when the text is not NULL.
 pub fn to_sql_with_words(
     q: &Query,
     columns: &dyn Fn(&str) -> Option<ColumnType>,
     dialect: SqlDialect,
     words: &dyn Fn(&str) -> String,
+    overflow: Option<&dyn Fn(&str) -> OverflowValue>,
 ) -> Result<String, SqlError> {
-    Ok(render(q, columns, dialect, Some(words), 0)?.into_string())
+    Ok(render(q, columns, dialect, Leaves { words: Some(words), overflow }, 0)?.into_string())
 }
 
-/// The leaf renderer for bare words, when the caller brings its own.
-type Words<'a> = Option<&'a dyn Fn(&str) -> String>;
+/// A field's value outside its column, as two SQL expressions (see [`to_sql_with_words`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverflowValue {
+    /// The value as text: a string as it is, a number as its digits; NULL when absent.
+    pub text: String,
+    /// The value as an unsigned integer; NULL unless it is one.
+    pub integer: String,
+}
+
+/// The leaf renderers a caller brings: bare words, and fields outside their columns.
+#[derive(Clone, Copy)]
+struct Leaves<'a> {
+    words: Option<&'a dyn Fn(&str) -> String>,
+    overflow: Option<&'a dyn Fn(&str) -> OverflowValue>,
+}
+
+impl Leaves<'_> {
+    /// `column`, or also `test` of the field's overflow value.
+    fn or_overflow(&self, field: &str, column: Sql, test: impl FnOnce(&OverflowValue) -> Option<String>) -> Sql {
+        let Some(extra) = self.overflow.and_then(|o| test(&o(field))) else {
+            return column;
+        };
+        match column {
+            Sql::True => Sql::True,
+            Sql::False => Sql::Expr(extra),
+            Sql::Expr(e) => Sql::Expr(format!("({e} OR {extra})")),
+        }
+    }
+}
 
 fn render(
     q: &Query,
     columns: &dyn Fn(&str) -> Option<ColumnType>,
     dialect: SqlDialect,
-    words: Words<'_>,
+    leaves: Leaves<'_>,
     depth: usize,
 ) -> Result<Sql, SqlError> {
     if depth > SQL_DEPTH_MAX {
@@ -198,17 +233,20 @@ fn render(
     let not_null = |e: String| Sql::Expr(format!("COALESCE({e}, FALSE)"));
     Ok(match q {
         Query::All => Sql::True,
-        Query::Term { field: Some(field), text, .. } => match columns(field) {
-            Some(ColumnType::String) => not_null(format!("{} = {}", quote_ident(field), quote_str(text))),
-            Some(ColumnType::U64) => match parse_digits(text) {
-                Some(n) => not_null(format!("{} = {n}", quote_ident(field))),
+        Query::Term { field: Some(field), text, .. } => {
+            let column = match columns(field) {
+                Some(ColumnType::String) => not_null(format!("{} = {}", quote_ident(field), quote_str(text))),
+                Some(ColumnType::U64) => match parse_digits(text) {
+                    Some(n) => not_null(format!("{} = {n}", quote_ident(field))),
+                    None => Sql::False,
+                },
                 None => Sql::False,
-            },
-            None => Sql::False,
-        },
+            };
+            leaves.or_overflow(field, column, |o| Some(format!("COALESCE({} = {}, FALSE)", o.text, quote_str(text))))
+        }
         Query::Term { field: None, text, .. } => {
             let regex = word_regex(text, dialect).ok_or_else(|| SqlError::NoWord { text: text.clone() })?;
-            if let Some(words) = words {
+            if let Some(words) = leaves.words {
                 return Ok(not_null(words(&regex)));
             }
             let function = match dialect {
@@ -217,15 +255,21 @@ fn render(
             };
             not_null(format!("{function}(lower({}), {})", quote_ident(TEXT_COLUMN), quote_str(&regex)))
         }
-        Query::Compare { field, op, value } => match columns(field) {
-            Some(ColumnType::U64) => not_null(format!("{} {op} {value}", quote_ident(field))),
-            Some(ColumnType::String) | None => Sql::False,
-        },
-        Query::Exists { field } => match columns(field) {
-            Some(_) => Sql::Expr(format!("({} IS NOT NULL)", quote_ident(field))),
-            None => Sql::False,
-        },
-        Query::Not(inner) => match render(inner, columns, dialect, words, depth + 1)? {
+        Query::Compare { field, op, value } => {
+            let column = match columns(field) {
+                Some(ColumnType::U64) => not_null(format!("{} {op} {value}", quote_ident(field))),
+                Some(ColumnType::String) | None => Sql::False,
+            };
+            leaves.or_overflow(field, column, |o| Some(format!("COALESCE({} {op} {value}, FALSE)", o.integer)))
+        }
+        Query::Exists { field } => {
+            let column = match columns(field) {
+                Some(_) => Sql::Expr(format!("({} IS NOT NULL)", quote_ident(field))),
+                None => Sql::False,
+            };
+            leaves.or_overflow(field, column, |o| Some(format!("({} IS NOT NULL)", o.text)))
+        }
+        Query::Not(inner) => match render(inner, columns, dialect, leaves, depth + 1)? {
             Sql::True => Sql::False,
             Sql::False => Sql::True,
             Sql::Expr(e) => Sql::Expr(format!("NOT {e}")),
@@ -233,7 +277,7 @@ fn render(
         Query::And(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
-                match render(item, columns, dialect, words, depth + 1)? {
+                match render(item, columns, dialect, leaves, depth + 1)? {
                     Sql::False => return Ok(Sql::False),
                     Sql::True => {}
                     Sql::Expr(e) => parts.push(e),
@@ -244,7 +288,7 @@ fn render(
         Query::Or(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
-                match render(item, columns, dialect, words, depth + 1)? {
+                match render(item, columns, dialect, leaves, depth + 1)? {
                     Sql::True => return Ok(Sql::True),
                     Sql::False => {}
                     Sql::Expr(e) => parts.push(e),

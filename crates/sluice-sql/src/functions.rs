@@ -3,7 +3,10 @@
 //! it: the smallest value with at least `q` of the values at or below it); and
 //! `sluice_overflow_text(sluice_overflow)`, the string values of the overflow JSON whose keys do
 //! not start with `pii_`, joined with U+001F, which is what bare words search there (never the
-//! JSON's keys or escapes, so that search and the term indexes agree on what text exists).
+//! JSON's keys or escapes, so that search and the term indexes agree on what text exists); and
+//! `sluice_overflow_value(sluice_overflow, 'key')` and `sluice_overflow_integer(sluice_overflow,
+//! 'key')`, one key's value there as text (a number as its digits) or as an unsigned integer
+//! (NULL unless it is one), with which search tests a field outside its column.
 //!
 //! Not here: the masking functions (mask.rs), which are deliberately not callable by name.
 //!
@@ -16,8 +19,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::StringBuilder;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray, UInt64Array};
+use datafusion::arrow::array::{StringBuilder, UInt64Builder};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, UInt64Type};
 use datafusion::common::{exec_err, plan_err, Result as DfResult, ScalarValue};
@@ -386,6 +389,90 @@ impl ScalarUDFImpl for OverflowText {
             }
         }
         let out: ArrayRef = Arc::new(b.finish());
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
+}
+
+/// `sluice_overflow_value(json, key)` or, with `integer`, `sluice_overflow_integer(json, key)`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct OverflowGet {
+    signature: Signature,
+    integer: bool,
+}
+
+/// Names of [`OverflowGet`] in SQL.
+pub(crate) const OVERFLOW_VALUE: &str = "sluice_overflow_value";
+pub(crate) const OVERFLOW_INTEGER: &str = "sluice_overflow_integer";
+
+impl OverflowGet {
+    pub(crate) fn udf(integer: bool) -> ScalarUDF {
+        ScalarUDF::new_from_impl(OverflowGet {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Immutable),
+            integer,
+        })
+    }
+}
+
+/// The value of `key` in one overflow JSON object.
+fn overflow_get(json: &str, key: &str) -> Option<serde_json::Value> {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut map)) => map.remove(key),
+        _ => None,
+    }
+}
+
+impl ScalarUDFImpl for OverflowGet {
+    fn name(&self) -> &str {
+        if self.integer {
+            OVERFLOW_INTEGER
+        } else {
+            OVERFLOW_VALUE
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(if self.integer { DataType::UInt64 } else { DataType::Utf8 })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let name = self.name();
+        let [json, key] = args.args.as_slice() else {
+            return exec_err!("{name} takes two arguments: the overflow column and a key");
+        };
+        let ColumnarValue::Scalar(ScalarValue::Utf8(Some(key))) = key else {
+            return exec_err!("{name} takes the key as a string literal");
+        };
+        let (array, scalar) = match json {
+            ColumnarValue::Array(a) => (a.clone(), false),
+            ColumnarValue::Scalar(s) => (s.to_array()?, true),
+        };
+        let Some(strings) = array.as_string_opt::<i32>() else {
+            return exec_err!("{name} takes a string column, got {}", array.data_type());
+        };
+        let values = strings.iter().map(|v| v.and_then(|v| overflow_get(v, key)));
+        let out: ArrayRef = if self.integer {
+            let mut b = UInt64Builder::with_capacity(strings.len());
+            b.extend(values.map(|v| v.and_then(|v| v.as_u64())));
+            Arc::new(b.finish())
+        } else {
+            let mut b = StringBuilder::with_capacity(strings.len(), 0);
+            for v in values {
+                match v {
+                    None | Some(serde_json::Value::Null) => b.append_null(),
+                    Some(serde_json::Value::String(s)) => b.append_value(s),
+                    Some(other) => b.append_value(other.to_string()),
+                }
+            }
+            Arc::new(b.finish())
+        };
         Ok(if scalar {
             ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
         } else {

@@ -449,6 +449,8 @@ impl Inner {
         let ctx = SessionContext::new_with_state(session_state(config, runtime));
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
+        ctx.register_udf(functions::OverflowGet::udf(false));
+        ctx.register_udf(functions::OverflowGet::udf(true));
         ctx.register_udf(words::WordsMatch::udf());
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
             table

@@ -5,7 +5,9 @@
 //! Not here: the parser (sluice-query) or the term index files (sluice-store).
 
 use datafusion::arrow::datatypes::{DataType, Schema};
-use sluice_query::{normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, Query, SqlDialect};
+use sluice_query::{
+    normalize, quote_ident, quote_str, to_sql_with_words, tokens, ColumnType, OverflowValue, Query, SqlDialect,
+};
 use sluice_store::{COL_OVERFLOW, COL_TIME_NS};
 
 use crate::{Access, Engine, QueryError, QueryOutput, TABLE};
@@ -94,7 +96,16 @@ pub(crate) fn predicate_sql(q: &Query, schema: &Schema) -> Result<String, QueryE
         }
         format!("{}({}, {})", crate::words::WORDS_MATCH, quote_str(regex), searched.join(", "))
     };
-    let pred = to_sql_with_words(q, &|name| column_type(schema, name), SqlDialect::DataFusion, &words)
+    let overflow = |field: &str| {
+        let call = |f: &str| format!("{f}({}, {})", quote_ident(COL_OVERFLOW), quote_str(field));
+        OverflowValue {
+            text: call(crate::functions::OVERFLOW_VALUE),
+            integer: call(crate::functions::OVERFLOW_INTEGER),
+        }
+    };
+    let has_overflow = schema.field_with_name(COL_OVERFLOW).is_ok();
+    let overflow: Option<&dyn Fn(&str) -> OverflowValue> = if has_overflow { Some(&overflow) } else { None };
+    let pred = to_sql_with_words(q, &|name| column_type(schema, name), SqlDialect::DataFusion, &words, overflow)
         .map_err(|e| QueryError::invalid(e.to_string()))?;
     Ok(pred)
 }
@@ -140,7 +151,9 @@ fn collect_needed(q: &Query, schema: &Schema, access: Access, out: &mut Vec<Need
     match q {
         Query::Term { field: None, text, .. } => out.extend(tokens(text).map(|t| Needed::Token(normalize(t)))),
         Query::Term { field: Some(field), text, .. } => {
-            if column_type(schema, field) != Some(ColumnType::String) {
+            // A number kept in the overflow (`code:404` where `code` is a string column) is not
+            // in any term index: a value of digits only needs nothing.
+            if column_type(schema, field) != Some(ColumnType::String) || text.bytes().all(|b| b.is_ascii_digit()) {
                 return;
             }
             if sluice_query::is_pii(field) {

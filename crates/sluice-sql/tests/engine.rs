@@ -38,9 +38,14 @@ impl Fixture {
     }
 
     fn with_engine(engine: EngineConfig) -> Fixture {
+        Fixture::with_configs(engine, |_| {})
+    }
+
+    fn with_configs(engine: EngineConfig, store: impl FnOnce(&mut StoreConfig)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = StoreConfig::new(dir.path());
         cfg.maintenance = false;
+        store(&mut cfg);
         let store = Arc::new(Store::open(cfg).unwrap());
         let engine = Engine::with_key(store.clone(), engine, MaskKey::from_bytes([9; 16]));
         Fixture { _dir: dir, store, engine, offset: 0, chunk: 0 }
@@ -571,6 +576,48 @@ async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
     assert_eq!(search(&f, "\"teapot brewing\"").await, ["second"]);
     assert_eq!(search(&f, "status").await.len(), 0, "JSON keys are not text");
     assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
+}
+
+/// `field:value`, comparisons and `field:*` also test the value a field has outside its column:
+/// a value of the other type, or a key past the cap of columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_searches_find_values_kept_in_the_overflow() {
+    let mut f = Fixture::with_configs(EngineConfig::default(), |c| c.keys_max = 4);
+    let line = |n: u64, rest: &str| format!(r#"{{"time_ns":{},"msg":"e{n}",{rest}}}"#, T0 + n);
+    // Columns: msg, status (integer), code (string), pii_uid; then every other key overflows.
+    f.commit(&[line(0, r#""status":200,"code":"abc","pii_uid":"U1""#)]).await;
+    f.flush();
+    f.commit(&[
+        line(1, r#""status":"teapot""#),
+        line(2, r#""code":404"#),
+        line(3, r#""region":"eu-west","retries":7"#),
+        line(4, r#""status":503,"region":"us-east","retries":2,"pii_uid":9"#),
+    ])
+    .await;
+    f.flush();
+    let cases: [(&str, &[&str]); 12] = [
+        ("status:teapot", &["e1"]),
+        ("status:200", &["e0"]),
+        ("status:>=500", &["e4"]),
+        ("status:*", &["e0", "e1", "e4"]),
+        ("-status:teapot", &["e0", "e2", "e3", "e4"]),
+        ("code:404", &["e2"]),
+        ("code:abc", &["e0"]),
+        ("code:>400", &["e2"]),
+        ("region:eu-west", &["e3"]),
+        ("region:* -region:us-east", &["e3"]),
+        ("retries:>5", &["e3"]),
+        ("retries:7 OR region:us-east", &["e3", "e4"]),
+    ];
+    for (q, want) in cases {
+        let mut got = search(&f, q).await;
+        got.sort();
+        assert_eq!(got, want, "{q}");
+    }
+    // For a viewer the overflow is masked like the columns: a clear pii value is not found.
+    let req = SearchRequest { query: "pii_uid:9".into(), since_ns: None, until_ns: None, limit: 10 };
+    assert_eq!(f.engine.search(&req, VIEWER).await.unwrap().rows(), 0);
+    assert_eq!(search(&f, "pii_uid:9").await, ["e4"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
