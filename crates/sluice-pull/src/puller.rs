@@ -156,6 +156,7 @@ pub async fn run_source<S: Sink>(
         backfilling: Mutex::new(BTreeMap::new()),
         idle_fetches: Arc::default(),
         stream_changes: Mutex::default(),
+        backlog_at: Mutex::default(),
     });
     let live = live_loop(Arc::clone(&shared), shutdown.clone());
     let history = backfill_loop(Arc::clone(&shared), backfill, listing_rx, shutdown);
@@ -186,7 +187,14 @@ struct Shared<S> {
     idle_fetches: Arc<IdleFetches>,
     /// When the stream id last changed, most recent last (at most [`STREAM_CHANGES_MAX`]).
     stream_changes: Mutex<VecDeque<Instant>>,
+    /// When the backlog gauges were last computed after a backfill fetch, and whether a fetch
+    /// ended since without computing them ([`Shared::account_backlog_soon`]).
+    backlog_at: Mutex<(Option<Instant>, bool)>,
 }
+
+/// Backfill fetches that end within this of the last backlog count do not count again: a count
+/// looks at every listed chunk, and once per fetch made a long listing cost its square.
+const BACKLOG_ACCOUNT_INTERVAL: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Plain collections: a panic elsewhere cannot leave them half-updated in a way that matters.
@@ -273,6 +281,29 @@ impl<S: Sink> Shared<S> {
         lock(&self.lost).retain(|(s, c)| *s == stream && listed.contains(c));
         lock(&self.lengths).retain(|(s, c), _| *s == stream && listed.contains(c));
         self.account_backlog(stream, ids);
+    }
+
+    /// [`Shared::account_backlog`] after a backfill fetch, at most once per
+    /// [`BACKLOG_ACCOUNT_INTERVAL`]; a skipped count is made when the backfill goes idle
+    /// ([`Shared::account_backlog_owed`]).
+    fn account_backlog_soon(&self, stream: u128, ids: &[ChunkId]) {
+        {
+            let mut at = lock(&self.backlog_at);
+            if at.0.is_some_and(|t| t.elapsed() < BACKLOG_ACCOUNT_INTERVAL) {
+                at.1 = true;
+                return;
+            }
+            *at = (Some(Instant::now()), false);
+        }
+        self.account_backlog(stream, ids);
+    }
+
+    /// The count [`Shared::account_backlog_soon`] skipped, if any.
+    fn account_backlog_owed(&self, listing: Option<&Listing>) {
+        let owed = std::mem::take(&mut lock(&self.backlog_at).1);
+        if let (true, Some(l)) = (owed, listing) {
+            self.account_backlog(l.stream, &l.ids);
+        }
     }
 
     fn account_backlog(&self, stream: u128, ids: &[ChunkId]) {
@@ -994,6 +1025,7 @@ async fn backfill_loop<S: Sink>(
     let mut retry: HashMap<(u128, ChunkId), (Instant, Backoff)> = HashMap::new();
     let mut source_backoff = Backoff::default();
     let mut not_before = Instant::now();
+    let mut cursor = Cursor::default();
     loop {
         while let Some(done) = running.try_join_next_with_id() {
             let chunk = done_chunk(&mut tasks, &done);
@@ -1004,7 +1036,7 @@ async fn backfill_loop<S: Sink>(
         let idle = shared.idle_fetches.count.load(Relaxed);
         let startable = now >= not_before
             && idle == 0
-            && listing.as_ref().is_some_and(|l| next_chunk(&shared, l, &inflight, &retry, now).is_some());
+            && listing.as_ref().is_some_and(|l| next_chunk(&shared, l, &inflight, &retry, now, &mut cursor).is_some());
         if startable {
             let permit = tokio::select! {
                 permit = Arc::clone(&pool).acquire_owned() => match permit {
@@ -1020,7 +1052,7 @@ async fn backfill_loop<S: Sink>(
             }
             let listing = listings.borrow().clone();
             let Some(l) = listing else { continue };
-            let Some(chunk) = next_chunk(&shared, &l, &inflight, &retry, Instant::now()) else { continue };
+            let Some(chunk) = next_chunk(&shared, &l, &inflight, &retry, Instant::now(), &mut cursor) else { continue };
             inflight.insert(chunk);
             let task_shared = Arc::clone(&shared);
             let mut task_shutdown = shutdown.clone();
@@ -1037,7 +1069,7 @@ async fn backfill_loop<S: Sink>(
                 let end = task_shared.follow(chunk, &mut stream, &mut cx).await;
                 drop(cx);
                 task_shared.backfill_done(chunk);
-                task_shared.account_backlog(l.stream, &l.ids);
+                task_shared.account_backlog_soon(l.stream, &l.ids);
                 (chunk, end)
             });
             tasks.insert(handle.id(), chunk);
@@ -1048,6 +1080,9 @@ async fn backfill_loop<S: Sink>(
         let idle_changed = shared.idle_fetches.changed.notified();
         if shared.idle_fetches.count.load(Relaxed) != idle {
             continue;
+        }
+        if running.is_empty() {
+            shared.account_backlog_owed(listing.as_ref());
         }
         let wake = if not_before > now {
             Some(not_before)
@@ -1132,11 +1167,21 @@ fn finish<S: Sink>(
             }
         }
     }
-    // Keep the retry table as small as the listing.
+    // Keep the retry table as small as the listing (sorted: see `list`).
     if let Some(l) = shared.listing_tx.borrow().as_ref() {
-        let listed: HashSet<ChunkId> = l.ids.iter().copied().collect();
-        retry.retain(|(s, c), _| *s == l.stream && listed.contains(c));
+        retry.retain(|(s, c), _| *s == l.stream && l.ids.binary_search(c).is_ok());
     }
+}
+
+/// How far the search for the next chunk to backfill has gone down one listing, newest first.
+/// Every older chunk above `below` was, when passed, complete, lost, being fetched or waiting for
+/// a retry; one of those that still needs reading is in the retry table by then (a fetch that
+/// does not complete its chunk is a failure, see `finish`). So each listing is walked once, not
+/// once per chunk fetched.
+#[derive(Default)]
+struct Cursor {
+    ids: Option<Arc<Vec<ChunkId>>>,
+    below: usize,
 }
 
 /// The newest chunk of the listing, other than the live one, that is incomplete, not lost, not
@@ -1147,15 +1192,31 @@ fn next_chunk<S: Sink>(
     inflight: &HashSet<ChunkId>,
     retry: &HashMap<(u128, ChunkId), (Instant, Backoff)>,
     now: Instant,
+    cursor: &mut Cursor,
 ) -> Option<ChunkId> {
     let (_, older) = listing.ids.split_last()?;
+    if !cursor.ids.as_ref().is_some_and(|ids| Arc::ptr_eq(ids, &listing.ids)) {
+        *cursor = Cursor { ids: Some(Arc::clone(&listing.ids)), below: older.len() };
+    }
     let lost = lock(&shared.lost);
-    older.iter().rev().copied().find(|&id| {
+    let wanted = |id: ChunkId| {
         !inflight.contains(&id)
             && !lost.contains(&(listing.stream, id))
             && retry.get(&(listing.stream, id)).is_none_or(|(at, _)| *at <= now)
             && !shared.progress(listing.stream, id).complete
-    })
+    };
+    // Chunks passed while waiting for a retry (or being fetched, then failed) come back here.
+    let retried = retry
+        .iter()
+        .filter(|((s, id), (at, _))| *s == listing.stream && *at <= now && older.binary_search(id).is_ok())
+        .map(|((_, id), _)| *id)
+        .filter(|&id| wanted(id))
+        .max();
+    while cursor.below > 0 && !wanted(older[cursor.below - 1]) {
+        cursor.below -= 1;
+    }
+    let fresh = cursor.below.checked_sub(1).map(|i| older[i]);
+    retried.max(fresh)
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size: write it like 1000000, 500MB or 256KiB"))?;
+    if unit.starts_with(['.', ',']) {
+        return Err(format!("{s:?} has a fraction; a size is a whole number of a unit: write 1536MiB, not 1.5GiB"));
+    }
     let mult = match unit.trim() {
         "" | "B" => 1,
         "kB" | "KB" | "k" => 1000,
@@ -36,6 +39,7 @@ mod tests {
         assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
         assert_eq!(parse_bytes("256KiB"), Ok(262_144));
         assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("1.5GiB").unwrap_err().contains("write 1536MiB"), "{:?}", parse_bytes("1.5GiB"));
         assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("soon").is_err());
