@@ -47,8 +47,9 @@
 //! The memory limit also holds for the answer itself: a result whose batches hold more than
 //! it is refused (413), which catches a value no operator reserved (a scalar function's output).
 //!
-//! Queries and searches run on threads of their own (pool.rs; as many as `target_partitions`),
-//! never on the caller's: the caller gets its answer at the time limit whatever the plan does.
+//! Each query or search runs on threads of its own (pool.rs; as many as `target_partitions`),
+//! never on the caller's nor another query's: the caller gets its answer at the time limit
+//! whatever the plan does.
 //! The query itself stops when its stream next yields: leaves yield per batch they read, and
 //! operators whose output can be far larger than their input (joins, unnest) per batch they
 //! produce (coop.rs). A plan can still compute for minutes in one step (a join whose filter
@@ -69,7 +70,7 @@ mod tail;
 mod terms;
 mod words;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
@@ -279,8 +280,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
-    /// Apart from `inner`, which the queries on it hold: the last engine dropped stops it.
-    pool: Arc<OnceLock<QueryPool>>,
 }
 
 impl Engine {
@@ -294,7 +293,7 @@ impl Engine {
         let running = Arc::new(Semaphore::new(cfg.concurrent_max.max(1)));
         let metadata: Arc<FileMetadataCache> =
             Arc::new(DefaultCache::new(SEGMENT_METADATA_CACHE_BYTES).with_name("sluice-segment-metadata"));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }), pool: Arc::new(OnceLock::new()) }
+        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -330,9 +329,10 @@ impl Engine {
         self.run(sql, access, None, self.inner.cfg.rows_max).await
     }
 
-    /// Run `sql` with an optional segment filter on the query threads (pool.rs), answering at the
+    /// Run `sql` with an optional segment filter on threads of its own (pool.rs), answering at the
     /// time limit whether or not the query has stopped by then. Its concurrency slot is held until
-    /// it has: a query that computes on past its limit counts against the limit of queries at once.
+    /// it has: a query that computes on past its limit counts against the limit of queries at once,
+    /// and holds only its own threads.
     pub(crate) async fn run(
         &self,
         sql: &str,
@@ -346,7 +346,8 @@ impl Engine {
             .clone()
             .try_acquire_owned()
             .map_err(|_| QueryError::Busy(self.inner.cfg.concurrent_max))?;
-        let pool = self.pool()?;
+        let pool = QueryPool::new(self.inner.cfg.target_partitions.max(1))
+            .map_err(|e| QueryError::Internal(format!("cannot start threads for the query: {e}")))?;
         let started = Instant::now();
         let inner = self.inner.clone();
         let sql = sql.to_owned();
@@ -365,17 +366,6 @@ impl Engine {
                 Ok(out)
             }
         }
-    }
-
-    fn pool(&self) -> Result<&QueryPool, QueryError> {
-        if let Some(p) = self.pool.get() {
-            return Ok(p);
-        }
-        let threads = self.inner.cfg.target_partitions.max(1);
-        let made =
-            QueryPool::new(threads).map_err(|e| QueryError::Internal(format!("cannot start query threads: {e}")))?;
-        // Another caller may have won the race; its pool is as good, and ours stops here.
-        Ok(self.pool.get_or_init(|| made))
     }
 
     /// A session whose `events` table is `table` (of `schema`), masked unless `access.pii`. The

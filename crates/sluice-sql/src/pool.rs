@@ -1,11 +1,12 @@
-//! The threads queries run on, apart from the caller's.
+//! The threads a query runs on, apart from the caller's and from every other query's.
 //!
 //! A query stops only when its plan yields (lib.rs, coop.rs), and some plans compute for minutes
 //! in one poll: a join whose filter matches nothing produces no batch to yield on. On the
 //! caller's runtime such a poll holds one of its threads; in the store those threads also serve
-//! `/healthz`, pull the sources and act on SIGTERM. On threads of their own, a query can hold
-//! only those, the caller gets its answer at the time limit whatever the plan does, and the
-//! store stops without waiting for it.
+//! `/healthz`, pull the sources and act on SIGTERM. On a runtime shared by all queries it holds
+//! that runtime's threads, and every later query waits behind it. So each query gets a runtime
+//! of its own: it can hold only those threads, the caller gets its answer at the time limit
+//! whatever the plan does, and the store stops without waiting for it.
 
 use std::future::Future;
 use std::io;
@@ -13,8 +14,8 @@ use std::io;
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
 
-/// A multi-threaded runtime for queries only. Dropping it does not wait for a query still in a
-/// poll (the thread finishes the poll and then drops the query).
+/// A multi-threaded runtime for one query. Dropping it does not wait for a query still in a
+/// poll (the thread finishes the poll, then drops the query and ends).
 pub(crate) struct QueryPool {
     runtime: Option<Runtime>,
 }
