@@ -378,6 +378,11 @@ impl<S: Sink> Shared<S> {
                     // Our offset is past what the supervisor has: it lost bytes we already hold.
                     // Nothing more will come from this chunk; mark it complete where we are.
                     drop(response);
+                    eprintln!(
+                        "sluice store: source {}: chunk {chunk} is shorter than the {offset} bytes already read \
+                         (416): the supervisor lost unsynced bytes (a power loss?); the chunk ends there",
+                        self.name
+                    );
                     match self.commit(s, chunk, offset, Bytes::new(), true).await? {
                         CommitOutcome::Committed { .. } => return Ok(FollowEnd::Complete),
                         CommitOutcome::Resume { .. } => continue,

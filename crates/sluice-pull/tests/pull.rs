@@ -533,6 +533,32 @@ fn first_commit_order(commits: &[Commit], source: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Tests
 
+/// A closed chunk shorter than what the store already read (the supervisor lost unsynced bytes
+/// in a power loss) answers 416 to the resume: the chunk is completed where the store is, nothing
+/// read is dropped, and it is not asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_chunk_that_shrank_is_completed_where_the_store_is() {
+    let certs = Certs::new();
+    let kept = lines("a", 30);
+    let fake = Fake::start(
+        certs.server_tls(),
+        STREAM_A,
+        vec![closed("21", kept[..kept.len() / 2].to_vec()), open("22", lines("b", 2))],
+    )
+    .await;
+    let sink = Arc::new(MemSink::default());
+    sink.0.lock().unwrap().chunks.insert((STREAM_A, "21".into()), SinkChunk { data: kept.clone(), complete: false });
+    let metrics = Arc::new(PullMetrics::new());
+    let run = Running::start(certs.source("web-1", &fake), &sink, &Arc::new(Semaphore::new(2)), &metrics);
+    wait_until("the shrunk chunk is complete", || sink.complete(STREAM_A, "21")).await;
+    assert_eq!(sink.data(STREAM_A, "21"), kept, "what was read stays");
+    wait_until("the live chunk", || sink.data(STREAM_A, "22") == fake.data("22")).await;
+    let asked = fake.requests().iter().filter(|r| r.starts_with("/chunk/21")).count();
+    assert_eq!(asked, 1, "{:?}", fake.requests());
+    assert_eq!(metrics.source("web-1", "").chunks_lost.load(Relaxed), 0);
+    run.stop().await;
+}
+
 /// A listing of thousands of chunks costs work in proportion to its length, not its square: the
 /// next chunk to fetch and the backlog gauges were each found by looking at every listed chunk,
 /// once per chunk fetched.
