@@ -16,6 +16,11 @@
 //! selects the rank in linear time. Grouped queries use its `GroupsAccumulator`, which keeps
 //! every group's values side by side and takes each batch in one pass, rather than DataFusion's
 //! fallback of one accumulator per group fed with per-group slices of every batch.
+//!
+//! `repeat`, `lpad` and `rpad` are DataFusion's, wrapped ([`Bounded`]) so that a call whose
+//! output would exceed the query's memory limit fails (413) before anything is built: one call
+//! with a large count allocated gigabytes that no memory pool saw, and the store could be killed
+//! for it.
 
 use std::sync::Arc;
 
@@ -23,7 +28,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, ListArray
 use datafusion::arrow::array::{StringBuilder, UInt64Builder};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, UInt64Type};
-use datafusion::common::{exec_err, plan_err, Result as DfResult, ScalarValue};
+use datafusion::common::{exec_err, plan_err, DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, EmitTo, GroupsAccumulator, ScalarFunctionArgs,
@@ -478,6 +483,137 @@ impl ScalarUDFImpl for OverflowGet {
         } else {
             ColumnarValue::Array(out)
         })
+    }
+}
+
+/// One of DataFusion's functions whose output can dwarf its input (`repeat`, `lpad`, `rpad`),
+/// refusing a call whose output could exceed `bytes_max` before it is built.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Bounded {
+    inner: Arc<ScalarUDF>,
+    bytes_max: usize,
+}
+
+impl Bounded {
+    /// The wrapped functions, to register over DataFusion's own (same names).
+    pub(crate) fn all(bytes_max: usize) -> Vec<ScalarUDF> {
+        use datafusion::functions::{string, unicode};
+        [string::repeat(), unicode::lpad(), unicode::rpad()]
+            .into_iter()
+            .map(|inner| ScalarUDF::new_from_impl(Bounded { inner, bytes_max }))
+            .collect()
+    }
+}
+
+/// One argument's value per row: the same for all (a literal) or one each.
+enum PerRow {
+    Same(u64),
+    Each(Vec<u64>),
+}
+
+impl PerRow {
+    fn get(&self, row: usize) -> u64 {
+        match self {
+            PerRow::Same(v) => *v,
+            PerRow::Each(v) => v.get(row).copied().unwrap_or(0),
+        }
+    }
+
+    /// Byte lengths of a string argument (0 for NULL).
+    fn byte_lengths(arg: &ColumnarValue) -> DfResult<PerRow> {
+        Ok(match arg {
+            ColumnarValue::Scalar(s) => PerRow::Same(match s {
+                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+                    v.as_ref().map_or(0, |v| v.len() as u64)
+                }
+                _ => 0,
+            }),
+            ColumnarValue::Array(a) => {
+                let lens: Vec<u64> = if let Some(s) = a.as_string_opt::<i32>() {
+                    s.iter().map(|v| v.map_or(0, |v| v.len() as u64)).collect()
+                } else if let Some(s) = a.as_string_opt::<i64>() {
+                    s.iter().map(|v| v.map_or(0, |v| v.len() as u64)).collect()
+                } else if let Some(s) = a.as_string_view_opt() {
+                    s.iter().map(|v| v.map_or(0, |v| v.len() as u64)).collect()
+                } else {
+                    vec![0; a.len()]
+                };
+                PerRow::Each(lens)
+            }
+        })
+    }
+
+    /// An integer argument, negative and NULL as 0.
+    fn counts(arg: &ColumnarValue) -> DfResult<PerRow> {
+        Ok(match arg {
+            ColumnarValue::Scalar(s) => PerRow::Same(match s.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(n)) => n.max(0) as u64,
+                _ => 0,
+            }),
+            ColumnarValue::Array(a) => {
+                let a = datafusion::arrow::compute::cast(a, &DataType::Int64)?;
+                let a = a.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                PerRow::Each(a.iter().map(|v| v.map_or(0, |n| n.max(0) as u64)).collect())
+            }
+        })
+    }
+}
+
+impl Bounded {
+    /// The most bytes this call can build: `repeat(s, n)` the length of `s` times `n`; a pad to
+    /// `n` characters, 4 bytes a character.
+    fn bound(&self, args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
+        let (Some(text), Some(count)) = (args.first(), args.get(1)) else {
+            return Ok(0);
+        };
+        let count = PerRow::counts(count)?;
+        let per_row = |row: usize, len: &PerRow| -> u128 {
+            let n = u128::from(count.get(row));
+            match self.inner.name() {
+                "repeat" => u128::from(len.get(row)) * n,
+                _ => n * 4,
+            }
+        };
+        let len = PerRow::byte_lengths(text)?;
+        Ok((0..rows.max(1)).map(|row| per_row(row, &len)).sum())
+    }
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        self.inner.return_type(args)
+    }
+
+    fn return_field_from_args(&self, args: datafusion::logical_expr::ReturnFieldArgs) -> DfResult<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.inner.coerce_types(args)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let bound = self.bound(&args.args, args.number_rows)?;
+        if bound > self.bytes_max as u128 {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} would build up to {bound} bytes, over the query's memory limit of {} bytes",
+                self.name(),
+                self.bytes_max
+            )));
+        }
+        self.inner.invoke_with_args(args)
     }
 }
 

@@ -441,6 +441,9 @@ impl Inner {
         ctx.register_udf(functions::OverflowText::udf());
         ctx.register_udf(functions::OverflowGet::udf(false));
         ctx.register_udf(functions::OverflowGet::udf(true));
+        for f in functions::Bounded::all(cfg.memory_max_bytes) {
+            ctx.register_udf(f);
+        }
         ctx.register_udf(words::WordsMatch::udf());
         let provider: Arc<dyn datafusion::catalog::TableProvider> = if access.pii {
             table

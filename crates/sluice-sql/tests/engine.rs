@@ -217,14 +217,27 @@ async fn a_query_that_never_yields_leaves_the_callers_runtime_free_and_answers_a
 async fn a_result_over_the_memory_limit_is_refused() {
     let mut f = Fixture::with_engine(EngineConfig { memory_max_bytes: 4 << 20, ..EngineConfig::default() });
     f.commit(&[event(1, T0)]).await;
-    let out = f.engine.sql("SELECT repeat('x', 8000000) AS big", PII).await;
-    match out {
-        Err(e @ QueryError::TooLarge { .. }) => {
-            assert_eq!(e.status(), 413);
-            assert!(e.to_string().contains("the result"), "{e}");
+    // Each part is under the limit, the answer is not.
+    let both = "SELECT concat(repeat('x', 3000000), repeat('y', 3000000)) AS big";
+    // One call that would build more than the limit is refused before it builds anything: a
+    // literal, and per row of a column.
+    for (sql, says) in [
+        (both, "the result reached"),
+        ("SELECT repeat('x', 8000000) AS big", "repeat would build up to 8000000 bytes"),
+        ("SELECT repeat(msg, 1000000) AS big FROM events", "repeat would build up to"),
+        ("SELECT lpad('x', 2000000) AS big", "lpad would build up to 8000000 bytes"),
+        ("SELECT rpad(msg, 2000000, 'é') AS big FROM events", "rpad would build up to"),
+    ] {
+        match f.engine.sql(sql, PII).await {
+            Err(e @ QueryError::TooLarge { .. }) => {
+                assert_eq!(e.status(), 413);
+                assert!(e.to_string().contains(says), "{sql}: {e}");
+            }
+            other => panic!("{sql}: {:?}", other.map(|o| o.rows())),
         }
-        other => panic!("{:?}", other.map(|o| o.rows())),
     }
+    let out = f.engine.sql("SELECT lpad(msg, 30, '-') AS p FROM events", PII).await.unwrap();
+    assert_eq!(strings(&out.batches, "p"), [Some(format!("{}request 1 done in time", "-".repeat(8)))]);
     // Under the limit it is served.
     let out = f.engine.sql("SELECT repeat('x', 1000000) AS big", PII).await.unwrap();
     assert_eq!(strings(&out.batches, "big")[0].as_deref().map(str::len), Some(1_000_000));
