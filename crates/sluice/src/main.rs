@@ -11,7 +11,7 @@ mod units;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc instead of the system allocator: the store allocates and frees many short-lived
 /// buffers per page and per batch (Parquet pages, Arrow arrays, zstd output) from several
@@ -45,7 +45,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            if let Some(var) = value_from_environment(&e) {
+                eprintln!("note: the value came from the environment variable {var}");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let result = match cli.command {
         Command::Supervise(args) => supervise::run(*args),
         Command::Gen(args) => gen::run(args),
@@ -63,6 +72,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The environment variable a refused value came from, when it did: clap's message names only
+/// the flag (`invalid value 'abc' for '--flush-rows-max <N>'`), which the user never typed.
+fn value_from_environment(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(shown) = e.get(ContextKind::InvalidArg)? else { return None };
+    let long = shown.strip_prefix("--")?.split([' ', '=']).next()?;
+    let typed = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if typed {
+        return None;
+    }
+    let cli = Cli::command();
+    let var = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .chain(cli.get_arguments())
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    std::env::var_os(&var).is_some().then_some(var)
 }
 
 /// The error and its causes, each cause left out if the text so far already says it (most of our

@@ -322,6 +322,20 @@ const REFUSED_STARTS: &[RefusedStart] = &[
     RefusedStart {
         file: "",
         args: &[],
+        env: &[("SLUICE_STORE_KEYS_MAX", "many")],
+        line: None,
+        says: "note: the value came from the environment variable SLUICE_STORE_KEYS_MAX",
+    },
+    RefusedStart {
+        file: "",
+        args: &["--buffer-bytes-max", "1.5GiB"],
+        env: &[],
+        line: None,
+        says: "\"1.5GiB\" has a fraction; a size is a whole number of a unit: write 1536MiB, not 1.5GiB",
+    },
+    RefusedStart {
+        file: "",
+        args: &[],
         env: &[("SLUICE_STORE_CRASH_AT", "now")],
         line: None,
         says: "SLUICE_STORE_CRASH_AT=\"now\" is not a crash point",
