@@ -555,6 +555,13 @@ impl Ctx<'_> {
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let message = e.message().trim_end_matches('\n').trim_end_matches('.');
+        let key = e.span().and_then(|s| self.text.get(s)).map(str::trim).filter(|k| !k.is_empty() && k.len() <= 100);
+        if let (true, Some(key)) = (message == "duplicate key", key) {
+            return self.invalid(
+                e.span().map(|s| s.start).unwrap_or(0),
+                format!("{key} is set twice in the same table; keep one"),
+            );
+        }
         let fix = if message.contains("unknown field") {
             "remove the key or correct its spelling"
         } else if message.contains("missing field") {
@@ -767,6 +774,7 @@ fingerprint = "{FP}"
         ("no scheme", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"h:1\"\n", 8, "has no scheme"),
         ("bad port", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"https://h:99999\"\n", 8, "not a number from 1 to 65535"),
         ("query in url", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"https://h:1/?x=1\"\n", 8, "query or fragment"),
+        ("duplicate key", "data_dir = \"x\"\nbackfill_workers = 2\ndata_dir = \"y\"\n", 3, "data_dir is set twice in the same table; keep one"),
         ("duplicate name", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"a\"\nurl = \"https://h:1\"\n[[source]]\nname = \"a\"\nurl = \"https://h:2\"\n", 10, "used twice (first at line 6)"),
         ("bad name", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\nca = \"ca.pem\"\n[[source]]\nname = \"web 1\"\nurl = \"https://h:1\"\n", 7, "source name \"web 1\" is not usable"),
         ("no trust", "data_dir = \"x\"\n[tls]\ncert = \"client.pem\"\nkey = \"client.key\"\n[[source]]\nname = \"a\"\nurl = \"https://h:1\"\n", 5, "has no trust for its server certificate"),
