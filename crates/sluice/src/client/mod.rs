@@ -194,6 +194,13 @@ pub fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    // A time the store would refuse is a usage error (exit 2), told before any connection.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    for (flag, value) in [("--since", &args.since), ("--until", &args.until)] {
+        if let Some(v) = value {
+            sluice_query::parse_time(v, now).map_err(|e| anyhow::anyhow!("{flag} {v:?}: {e}"))?;
+        }
+    }
     let setup = Setup::new(&args.connection, args.output)?;
     let limit = args.limit.map(|n| n.to_string());
     let mut pairs = vec![("q", args.query.as_str())];

@@ -279,6 +279,13 @@ fn search_encodes_its_parameters_and_reads_url_and_token_from_the_environment() 
     let out = run(cli(&["search", "x", "--limit", "10001", "--url", &store.url()]));
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert_eq!(store.seen().len(), 1, "nothing sent");
+    for (flag, value) in [("--since", "yesterday"), ("--until", "1.5h")] {
+        let out = run(cli(&["search", "x", flag, value, "--url", &store.url()]));
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: a usage error");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{flag} \"{value}\":")) && err.contains("such as 90s, 15m"), "{err}");
+    }
+    assert_eq!(store.seen().len(), 1, "nothing sent");
 }
 
 #[test]
