@@ -242,7 +242,8 @@ fn sql_position(message: &str) -> Option<usize> {
 
 fn classify(e: DataFusionError, memory_max_bytes: usize) -> QueryError {
     let message = e.to_string();
-    match e.find_root() {
+    let root = e.find_root();
+    match root {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
@@ -250,14 +251,21 @@ fn classify(e: DataFusionError, memory_max_bytes: usize) -> QueryError {
         | DataFusionError::Configuration(_)
         | DataFusionError::Execution(_)
         | DataFusionError::ArrowError(..) => {
+            // The root alone: what wraps it names DataFusion's internals ("Optimizer rule
+            // 'simplify_expressions' failed" around a cast of a literal that cannot be cast).
+            let message = root.to_string();
             let message = message
                 .trim_start_matches("SQL error: ")
+                .trim_start_matches("Arrow error: ")
+                .trim_start_matches("Execution error: ")
                 .trim_start_matches("Error during planning: ")
                 .trim_start_matches("Schema error: ")
                 .to_owned();
             QueryError::Invalid { position: sql_position(&message), message }
         }
-        DataFusionError::ResourcesExhausted(_) => QueryError::TooLarge { limit_bytes: memory_max_bytes, message },
+        DataFusionError::ResourcesExhausted(m) => {
+            QueryError::TooLarge { limit_bytes: memory_max_bytes, message: m.clone() }
+        }
         _ => QueryError::Internal(message),
     }
 }

@@ -456,6 +456,12 @@ async fn bad_queries_get_positions_and_writes_are_refused() {
     assert_eq!((e.status(), e.position()), (400, Some(0)), "{e}");
     let e = f.engine.sql("SELECT nosuch FROM events", VIEWER).await.unwrap_err();
     assert!(e.to_string().contains("nosuch"), "{e}");
+    // The cause, without the optimizer rule that met it.
+    let e = f.engine.sql("SELECT CAST('x' AS INT) AS n", VIEWER).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.to_string().as_str()),
+        (400, "Cast error: Cannot cast string 'x' to value of Int32 type")
+    );
 
     for write in [
         "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
