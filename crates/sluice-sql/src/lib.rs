@@ -375,17 +375,6 @@ impl Engine {
             }
         }
     }
-
-    /// A session whose `events` table is `table` (of `schema`), masked unless `access.pii`. The
-    /// live tail plans once over a table of its own rows with this.
-    pub(crate) fn context_over(
-        &self,
-        table: Arc<dyn datafusion::catalog::TableProvider>,
-        schema: SchemaRef,
-        access: Access,
-    ) -> Result<SessionContext, QueryError> {
-        self.inner.context_over(table, schema, access)
-    }
 }
 
 impl Inner {
@@ -409,7 +398,7 @@ impl Inner {
     }
 
     /// A session whose `events` table is `view`, masked unless `access.pii`.
-    pub(crate) fn context(
+    fn context(
         &self,
         view: StoreView,
         access: Access,

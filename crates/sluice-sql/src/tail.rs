@@ -180,7 +180,7 @@ impl Tail {
         let table = StreamingTable::try_new(schema.clone(), vec![rows.clone()])
             .map_err(internal)?
             .with_sort_order(vec![ident(COL_SEQ).sort(true, false)]);
-        let ctx = self.engine.context_over(Arc::new(table), schema.clone(), self.access)?;
+        let ctx = self.engine.inner.context_over(Arc::new(table), schema.clone(), self.access)?;
         // One partition: a step holds few rows, and neither repartitioning nor merging is worth
         // its cost there.
         ctx.state_ref().write().config_mut().options_mut().execution.target_partitions = 1;
