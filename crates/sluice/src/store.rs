@@ -79,10 +79,10 @@ pub struct Args {
     #[arg(long, env = "SLUICE_STORE_BACKFILL_WORKERS", value_name = "N", value_parser = in_range::<usize>(BACKFILL_WORKERS_LIMITS))]
     backfill_workers: Option<usize>,
     /// Overrides `retention_age_max` (age of receipt, e.g. 30d).
-    #[arg(long, env = "SLUICE_STORE_RETENTION_AGE_MAX", value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_STORE_RETENTION_AGE_MAX", value_name = "DURATION", value_parser = parse_retention_age)]
     retention_age_max: Option<Duration>,
     /// Overrides `retention_bytes_max` (e.g. 50GB).
-    #[arg(long, env = "SLUICE_STORE_RETENTION_BYTES_MAX", value_name = "BYTES", value_parser = parse_bytes)]
+    #[arg(long, env = "SLUICE_STORE_RETENTION_BYTES_MAX", value_name = "BYTES", value_parser = parse_retention_bytes)]
     retention_bytes_max: Option<u64>,
     /// Overrides `flush_rows_max`: buffered events that trigger a flush into segments.
     #[arg(long, env = "SLUICE_STORE_FLUSH_ROWS_MAX", value_name = "N", value_parser = in_range::<usize>(FLUSH_ROWS_MAX_LIMITS))]
@@ -134,6 +134,26 @@ fn in_range<T: TryFrom<i64>>(limits: Limits) -> impl Fn(&str) -> Result<T, Strin
     }
 }
 
+/// A retention age of zero would delete every event as soon as it is flushed.
+fn parse_retention_age(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => {
+            Err(format!("{s:?} is zero, which would delete every event once flushed; give an age like 7d"))
+        }
+        d => Ok(d),
+    }
+}
+
+/// A retention size of zero would delete every segment as soon as it is written.
+fn parse_retention_bytes(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err(format!(
+            "{s:?} is zero, which would delete every segment once written; give the most disk segments may use, like 50GB"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// A flush age of zero would flush on every maintenance tick, one tiny segment each time.
 fn parse_flush_age(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
@@ -181,11 +201,16 @@ fn store_config(args: &Args, cfg: &StoreFileConfig) -> anyhow::Result<StoreConfi
     let path = cfg.path.as_path();
     let mut c = StoreConfig::new(&cfg.data_dir);
     c.retention_age_max =
-        setting(args.retention_age_max, &cfg.retention_age_max, path, "retention_age_max", parse_duration)?
+        setting(args.retention_age_max, &cfg.retention_age_max, path, "retention_age_max", parse_retention_age)?
             .unwrap_or(c.retention_age_max);
-    c.retention_bytes_max =
-        setting(args.retention_bytes_max, &cfg.retention_bytes_max, path, "retention_bytes_max", parse_bytes)?
-            .unwrap_or(c.retention_bytes_max);
+    c.retention_bytes_max = setting(
+        args.retention_bytes_max,
+        &cfg.retention_bytes_max,
+        path,
+        "retention_bytes_max",
+        parse_retention_bytes,
+    )?
+    .unwrap_or(c.retention_bytes_max);
     c.flush_age_max = setting(args.flush_age_max, &cfg.flush_age_max, path, "flush_age_max", parse_flush_age)?
         .unwrap_or(c.flush_age_max);
     c.compact_segment_bytes_small = setting(

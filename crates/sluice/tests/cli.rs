@@ -327,6 +327,20 @@ const REFUSED_STARTS: &[RefusedStart] = &[
         says: "note: the value came from the environment variable SLUICE_STORE_KEYS_MAX",
     },
     RefusedStart {
+        file: "retention_bytes_max = \"0\"\n",
+        args: &[],
+        env: &[],
+        line: Some(3),
+        says: "retention_bytes_max: \"0\" is zero, which would delete every segment once written",
+    },
+    RefusedStart {
+        file: "",
+        args: &["--retention-age-max", "0s"],
+        env: &[],
+        line: None,
+        says: "\"0s\" is zero, which would delete every event once flushed; give an age like 7d",
+    },
+    RefusedStart {
         file: "",
         args: &["--buffer-bytes-max", "1.5GiB"],
         env: &[],
