@@ -534,6 +534,12 @@ impl Api {
             "SQL queries and searches running now, counting any still computing past its time limit.",
             self.engine.queries_running() as u64,
         );
+        one(
+            "sluice_query_timeouts_total",
+            "counter",
+            "SQL queries and searches answered at their time limit (408).",
+            self.engine.queries_timed_out(),
+        );
         let cache = self.engine.segment_metadata_cache();
         one(
             "sluice_query_metadata_cache_bytes",

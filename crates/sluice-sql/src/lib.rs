@@ -280,6 +280,8 @@ struct Inner {
     key: MaskKey,
     cfg: EngineConfig,
     running: Arc<Semaphore>,
+    /// Queries answered at their time limit, since the engine started.
+    timeouts: std::sync::atomic::AtomicU64,
     /// Segment footers and page indexes, shared by every query of this engine.
     metadata: Arc<FileMetadataCache>,
 }
@@ -301,7 +303,7 @@ impl Engine {
         let running = Arc::new(Semaphore::new(cfg.concurrent_max.max(1)));
         let metadata: Arc<FileMetadataCache> =
             Arc::new(DefaultCache::new(SEGMENT_METADATA_CACHE_BYTES).with_name("sluice-segment-metadata"));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running, metadata }) }
+        Engine { inner: Arc::new(Inner { store, key, cfg, running, timeouts: Default::default(), metadata }) }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -316,6 +318,11 @@ impl Engine {
     /// computing past its time limit (its caller was answered; its plan has not yielded since).
     pub fn queries_running(&self) -> usize {
         self.inner.cfg.concurrent_max.max(1).saturating_sub(self.inner.running.available_permits())
+    }
+
+    /// Queries answered at their time limit (408) since the engine started.
+    pub fn queries_timed_out(&self) -> u64 {
+        self.inner.timeouts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the cache of segment footers and page indexes holds.
@@ -366,7 +373,10 @@ impl Engine {
         }));
         let time_max = self.inner.cfg.time_max;
         match tokio::time::timeout(time_max, &mut task.0).await {
-            Err(_) => Err(QueryError::Timeout(time_max)),
+            Err(_) => {
+                self.inner.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(QueryError::Timeout(time_max))
+            }
             Ok(Err(e)) => Err(QueryError::Internal(format!("the query stopped abnormally: {e}"))),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Ok(Ok(mut out))) => {

@@ -203,6 +203,7 @@ async fn a_query_that_never_yields_leaves_the_callers_runtime_free_and_answers_a
     };
     gap_max = gap_max.max(last.elapsed());
     assert!(matches!(out, Err(QueryError::Timeout(_))), "{:?}", out.map(|o| o.stats));
+    assert_eq!((f.engine.queries_timed_out(), f.engine.queries_running()), (1, 1), "answered, still computing");
     // Generous for a loaded machine; without its own threads the query held this one for minutes.
     assert!(started.elapsed() < Duration::from_secs(15), "answered after {:?}", started.elapsed());
     assert!(gap_max < Duration::from_secs(5), "the caller's thread was held for {gap_max:?}");
