@@ -607,10 +607,10 @@ impl ScalarUDFImpl for Bounded {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         let bound = self.bound(&args.args, args.number_rows)?;
         if bound > self.bytes_max as u128 {
+            // QueryError::TooLarge names the limit.
             return Err(DataFusionError::ResourcesExhausted(format!(
-                "{} would build up to {bound} bytes, over the query's memory limit of {} bytes",
-                self.name(),
-                self.bytes_max
+                "{} would build up to {bound} bytes",
+                self.name()
             )));
         }
         self.inner.invoke_with_args(args)
