@@ -379,27 +379,34 @@ impl ScalarUDFImpl for OverflowText {
         let [arg] = args.args.as_slice() else {
             return exec_err!("{OVERFLOW_TEXT} takes one argument");
         };
-        let (array, scalar) = match arg {
-            ColumnarValue::Array(a) => (a.clone(), false),
-            ColumnarValue::Scalar(s) => (s.to_array()?, true),
-        };
-        let Some(strings) = array.as_string_opt::<i32>() else {
-            return exec_err!("{OVERFLOW_TEXT} takes a string column, got {}", array.data_type());
-        };
-        let mut b = StringBuilder::with_capacity(strings.len(), 0);
-        for v in strings.iter() {
-            match v {
-                Some(v) => b.append_value(overflow_text(v)),
-                None => b.append_null(),
+        map_strings(arg, OVERFLOW_TEXT, |strings| {
+            let mut b = StringBuilder::with_capacity(strings.len(), 0);
+            for v in strings.iter() {
+                match v {
+                    Some(v) => b.append_value(overflow_text(v)),
+                    None => b.append_null(),
+                }
             }
-        }
-        let out: ArrayRef = Arc::new(b.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
+            Arc::new(b.finish())
         })
     }
+}
+
+/// `f` over the strings of `arg` (an overflow column, or a literal), the answer in the same form.
+fn map_strings(
+    arg: &ColumnarValue,
+    name: &str,
+    f: impl FnOnce(&datafusion::arrow::array::StringArray) -> ArrayRef,
+) -> DfResult<ColumnarValue> {
+    let (array, scalar) = match arg {
+        ColumnarValue::Array(a) => (a.clone(), false),
+        ColumnarValue::Scalar(s) => (s.to_array()?, true),
+    };
+    let Some(strings) = array.as_string_opt::<i32>() else {
+        return exec_err!("{name} takes a string column, got {}", array.data_type());
+    };
+    let out = f(strings);
+    Ok(if scalar { ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?) } else { ColumnarValue::Array(out) })
 }
 
 /// `sluice_overflow_value(json, key)` or, with `integer`, `sluice_overflow_integer(json, key)`.
@@ -455,33 +462,24 @@ impl ScalarUDFImpl for OverflowGet {
         let ColumnarValue::Scalar(ScalarValue::Utf8(Some(key))) = key else {
             return exec_err!("{name} takes the key as a string literal");
         };
-        let (array, scalar) = match json {
-            ColumnarValue::Array(a) => (a.clone(), false),
-            ColumnarValue::Scalar(s) => (s.to_array()?, true),
-        };
-        let Some(strings) = array.as_string_opt::<i32>() else {
-            return exec_err!("{name} takes a string column, got {}", array.data_type());
-        };
-        let values = strings.iter().map(|v| v.and_then(|v| overflow_get(v, key)));
-        let out: ArrayRef = if self.integer {
-            let mut b = UInt64Builder::with_capacity(strings.len());
-            b.extend(values.map(|v| v.and_then(|v| v.as_u64())));
-            Arc::new(b.finish())
-        } else {
-            let mut b = StringBuilder::with_capacity(strings.len(), 0);
-            for v in values {
-                match v {
-                    None | Some(serde_json::Value::Null) => b.append_null(),
-                    Some(serde_json::Value::String(s)) => b.append_value(s),
-                    Some(other) => b.append_value(other.to_string()),
+        let integer = self.integer;
+        map_strings(json, name, |strings| {
+            let values = strings.iter().map(|v| v.and_then(|v| overflow_get(v, key)));
+            if integer {
+                let mut b = UInt64Builder::with_capacity(strings.len());
+                b.extend(values.map(|v| v.and_then(|v| v.as_u64())));
+                Arc::new(b.finish()) as ArrayRef
+            } else {
+                let mut b = StringBuilder::with_capacity(strings.len(), 0);
+                for v in values {
+                    match v {
+                        None | Some(serde_json::Value::Null) => b.append_null(),
+                        Some(serde_json::Value::String(s)) => b.append_value(s),
+                        Some(other) => b.append_value(other.to_string()),
+                    }
                 }
+                Arc::new(b.finish())
             }
-            Arc::new(b.finish())
-        };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
         })
     }
 }
