@@ -28,9 +28,18 @@
 //!   syncs the directory. Appends never wait for a disk flush.
 //! - `never`: no fdatasync; the kernel writes back when it likes.
 //!
+//! # Disk trouble
+//! Only a closed log makes `append` fail. A refused write follows the `OnFull` policy (drop and
+//! count, or block); a failed fdatasync is counted and retried by the next sync pass, which keeps
+//! every chunk it could not sync or rename for the pass after; a rotation whose next chunk cannot
+//! be created (a full disk, no file descriptors left) leaves no chunk open, and writes are dropped
+//! and counted, each trying to create one at most once per [`REOPEN_RETRY`] (the tick tries too)
+//! until one is created: then an `events_dropped` event tells what was lost.
+//!
 //! # Repair (at open)
 //! Every `.open` file is cut to its longest prefix of complete, well-formed lines (a torn or
-//! zero-filled tail goes), synced and renamed to `.chunk`; an empty one is removed. Our own
+//! zero-filled tail goes), synced and renamed to `.chunk`; an empty one is removed. Under `never`
+//! the `.chunk` files are checked the same way, since they were renamed without a sync. Our own
 //! temporary files are removed; anything else is reported, never deleted.
 //!
 //! # Concurrency
@@ -68,6 +77,9 @@ pub const RETENTION_BYTES_MAX_DEFAULT: u64 = 500_000_000;
 pub const FSYNC_INTERVAL_DEFAULT: Duration = Duration::from_millis(200);
 /// Longest pause between two retries of a write in `--on-full block` mode.
 pub const BLOCK_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How often a write tries again to create a chunk after creating one failed (full disk, no file
+/// descriptors left); meanwhile writes are dropped and counted. The periodic tick also tries.
+pub const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
 /// When data reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,6 +318,10 @@ struct State<F> {
     own: Vec<u8>,
     block_attempts: u32,
     in_retention: bool,
+    /// [`ChunkLog::close`] ran: no chunk is open and none will be.
+    closed: bool,
+    /// No chunk is open because creating one failed; writes try again from this monotonic time.
+    reopen_after_mono_ns: u64,
 }
 
 /// Why a chunk cannot be read.
@@ -431,6 +447,30 @@ impl<S: Storage> ChunkLog<S> {
             }
             report.repaired.push((id, keep as u64, (data.len() - keep) as u64));
         }
+        if config.fsync == FsyncPolicy::Never {
+            // Closed chunks were renamed without a sync: after a power loss one may end in a torn
+            // or zero-filled tail, which must be cut before it is served as complete.
+            let closed: Vec<ChunkId> = chunks.keys().copied().collect();
+            for id in closed {
+                let name = closed_name(id);
+                let data = storage.read_all(&name).map_err(io_err(format!("cannot read {name} to check it")))?;
+                let keep = valid_prefix_len(&data);
+                if keep == data.len() {
+                    continue;
+                }
+                if keep == 0 {
+                    storage.remove(&name).map_err(io_err(format!("cannot remove empty {name}")))?;
+                    chunks.remove(&id);
+                } else {
+                    let mut f = storage.open_append(&name).map_err(io_err(format!("cannot open {name} for repair")))?;
+                    f.set_len(keep as u64).map_err(io_err(format!("cannot cut the torn tail of {name}")))?;
+                    if let Some(m) = chunks.get_mut(&id) {
+                        m.len = keep as u64;
+                    }
+                }
+                report.repaired.push((id, keep as u64, (data.len() - keep) as u64));
+            }
+        }
         if !report.repaired.is_empty() {
             storage.sync_dir().map_err(io_err("cannot sync the data directory"))?;
         }
@@ -454,6 +494,8 @@ impl<S: Storage> ChunkLog<S> {
                 own: Vec::new(),
                 block_attempts: 0,
                 in_retention: false,
+                closed: false,
+                reopen_after_mono_ns: 0,
             }),
             sync_lock: Mutex::new(()),
             changed: event_listener::Event::new(),
@@ -509,7 +551,8 @@ impl<S: Storage> ChunkLog<S> {
     }
 
     /// Append complete event lines (each ending in `\n`, each at most `line_bytes_max` + 1 bytes).
-    /// Errors only once the log is closed; disk trouble is handled by the `OnFull` policy.
+    /// Errors only once the log is closed; disk trouble is handled by the `OnFull` policy, and a
+    /// failed sync (`always`) is counted in `disk_errors` and tried again by the next sync pass.
     pub fn append(&self, lines: &[u8]) -> Result<(), LogError> {
         if lines.is_empty() {
             return Ok(());
@@ -518,7 +561,7 @@ impl<S: Storage> ChunkLog<S> {
         let mut st = lock(&self.state);
         self.write_locked(&mut st, lines)?;
         drop(st);
-        self.sync_if_always()?;
+        self.sync_after_append();
         Ok(())
     }
 
@@ -533,13 +576,65 @@ impl<S: Storage> ChunkLog<S> {
         st.own = buf;
         drop(st);
         r?;
-        self.sync_if_always()
+        self.sync_after_append();
+        Ok(())
+    }
+
+    /// The sync of `always` after an append: a failure leaves the bytes unsynced, where the next
+    /// pass (the next append's or the maintenance thread's, which reports it) syncs them.
+    fn sync_after_append(&self) {
+        if self.sync_if_always().is_err() {
+            self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Make sure a chunk is open, creating one if a rotation could not (at most once per
+    /// [`REOPEN_RETRY`]). False: none could be, and the caller drops what it was writing.
+    fn ensure_open(&self, st: &mut Guard<'_, S::File>) -> Result<bool, LogError> {
+        if st.open.is_some() {
+            return Ok(true);
+        }
+        if st.closed {
+            return Err(LogError::Closed);
+        }
+        if self.clock.mono_ns() < st.reopen_after_mono_ns {
+            return Ok(false);
+        }
+        Ok(self.reopen(st).is_ok())
+    }
+
+    /// Create the chunk that a failed rotation left missing. On failure writes are dropped and
+    /// counted until the next try, [`REOPEN_RETRY`] later.
+    fn reopen(&self, st: &mut Guard<'_, S::File>) -> Result<(), LogError> {
+        let previous = st.chunks.keys().next_back().copied();
+        let r = self.open_new_chunk(st, previous);
+        if r.is_err() {
+            self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
+            st.reopen_after_mono_ns = self.clock.mono_ns().saturating_add(REOPEN_RETRY.as_nanos() as u64);
+        }
+        r
+    }
+
+    /// Count `part` (whole lines) as dropped, to be reported by an `events_dropped` event once
+    /// writing works again.
+    fn drop_lines(&self, st: &mut Guard<'_, S::File>, part: &[u8]) {
+        let events = memchr::memchr_iter(b'\n', part).count() as u64;
+        let now = self.clock.wall_ns();
+        let d = st.dropping.get_or_insert(DropState { events: 0, bytes: 0, since_ns: now });
+        d.events += events;
+        d.bytes += part.len() as u64;
+        self.metrics.dropped_events.fetch_add(events, Ordering::Relaxed);
+        self.metrics.dropped_bytes.fetch_add(part.len() as u64, Ordering::Relaxed);
     }
 
     /// Write lines under the lock, rotating as the size and age limits say.
     fn write_locked(&self, st: &mut Guard<'_, S::File>, mut lines: &[u8]) -> Result<(), LogError> {
         let limit = self.config.chunk_bytes_max - CLOSE_RESERVE_BYTES;
         while !lines.is_empty() {
+            if !self.ensure_open(st)? {
+                self.drop_lines(st, lines);
+                return Ok(());
+            }
             let open = st.open.as_ref().ok_or(LogError::Closed)?;
             if open.has_data
                 && self.clock.mono_ns().saturating_sub(open.opened_mono_ns)
@@ -573,7 +668,7 @@ impl<S: Storage> ChunkLog<S> {
                 continue;
             }
             let (part, rest) = lines.split_at(part_len);
-            if self.write_part(st, part)? {
+            if self.write_part(st, part, true)? {
                 lines = rest;
             }
         }
@@ -581,8 +676,10 @@ impl<S: Storage> ChunkLog<S> {
     }
 
     /// Write bytes that fit in the open chunk, applying the full-disk policy. Returns false when
-    /// the lock was let go (block mode) and the caller must look at the open chunk again.
-    fn write_part(&self, st: &mut Guard<'_, S::File>, part: &[u8]) -> Result<bool, LogError> {
+    /// the lock was let go (block mode) and the caller must look at the open chunk again. With
+    /// `may_block` false (sluice's own events while a chunk opens or closes, which must not let
+    /// the lock go mid-rotation) a refused write is dropped and counted in every mode.
+    fn write_part(&self, st: &mut Guard<'_, S::File>, part: &[u8], may_block: bool) -> Result<bool, LogError> {
         let backoff = Duration::from_millis(10);
         {
             if st.dropping.is_some() {
@@ -612,16 +709,12 @@ impl<S: Storage> ChunkLog<S> {
                     let len = open.len;
                     let _ = open.file.set_len(len);
                     self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
-                    let blocking = self.config.on_full == OnFull::Block && !self.shutting_down.load(Ordering::Relaxed);
+                    let blocking = may_block
+                        && self.config.on_full == OnFull::Block
+                        && !self.shutting_down.load(Ordering::Relaxed);
                     if !blocking {
-                        let events = memchr::memchr_iter(b'\n', part).count() as u64;
-                        let now = self.clock.wall_ns();
-                        let d = st.dropping.get_or_insert(DropState { events: 0, bytes: 0, since_ns: now });
-                        d.events += events;
-                        d.bytes += part.len() as u64;
-                        self.metrics.dropped_events.fetch_add(events, Ordering::Relaxed);
-                        self.metrics.dropped_bytes.fetch_add(part.len() as u64, Ordering::Relaxed);
                         drop(e);
+                        self.drop_lines(st, part);
                         return Ok(true);
                     }
                     // Block: wait without holding the lock so readers and the syncer go on; the
@@ -648,7 +741,8 @@ impl<S: Storage> ChunkLog<S> {
             .str("message", "events dropped while the disk refused writes")
             .finish();
         let Some(open) = st.open.as_mut() else { return };
-        if open.len + buf.len() as u64 >= self.config.chunk_bytes_max - CLOSE_RESERVE_BYTES {
+        // A new chunk's first line is its `chunk_opened` event: the report waits for the next write.
+        if open.len == 0 || open.len + buf.len() as u64 >= self.config.chunk_bytes_max - CLOSE_RESERVE_BYTES {
             return; // It goes into the next chunk.
         }
         match open.file.write_all(&buf) {
@@ -691,9 +785,9 @@ impl<S: Storage> ChunkLog<S> {
         let id = self.next_id(st)?;
         let name = open_name(id);
         let file = self.storage.create_new(&name).map_err(io_err(format!("cannot create chunk {name}")))?;
-        if self.config.fsync == FsyncPolicy::Always {
-            self.storage.sync_dir().map_err(io_err("cannot sync the data directory"))?;
-        } else {
+        // Under `always` the new entry is made durable before anything goes in; should that fail,
+        // the chunk is used all the same and the next sync pass (which reports) tries again.
+        if self.config.fsync != FsyncPolicy::Always || self.storage.sync_dir().is_err() {
             st.dir_dirty = true;
         }
         st.open = Some(OpenChunk {
@@ -713,7 +807,7 @@ impl<S: Storage> ChunkLog<S> {
             ev = ev.str("previous_chunk", &p.to_string());
         }
         ev.str("stream", &self.stream_id.to_string()).finish();
-        self.write_part(st, &buf)?;
+        self.write_part(st, &buf, false)?;
         if let Some(open) = st.open.as_mut() {
             open.has_data = false; // the opening event alone does not make a chunk worth rotating
         }
@@ -721,10 +815,15 @@ impl<S: Storage> ChunkLog<S> {
     }
 
     /// Close the open chunk and open the next one; then apply retention, so the size limit holds
-    /// at every rotation and not only at the next tick.
+    /// at every rotation and not only at the next tick. If the next chunk cannot be created (a
+    /// full disk, no file descriptors), writes are dropped and counted until one can be
+    /// ([`ChunkLog::ensure_open`], [`ChunkLog::tick`]): capture goes on either way.
     fn rotate(&self, st: &mut Guard<'_, S::File>, reason: &str) -> Result<(), LogError> {
         let closed = self.close_open_chunk(st, reason)?;
-        self.open_new_chunk(st, Some(closed))?;
+        if self.open_new_chunk(st, Some(closed)).is_err() {
+            self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
+            st.reopen_after_mono_ns = self.clock.mono_ns().saturating_add(REOPEN_RETRY.as_nanos() as u64);
+        }
         if !st.in_retention {
             self.apply_retention(st)?;
         }
@@ -745,8 +844,10 @@ impl<S: Storage> ChunkLog<S> {
             .u64("events", events)
             .str("reason", reason)
             .finish();
-        // Room is reserved for this line; a refused write (full disk) just leaves it out.
-        let _ = self.write_part(st, &buf)?;
+        // Room is reserved for this line; a refused write (full disk) leaves it out, dropped and
+        // counted, without letting the lock go (block mode included): the chunk closed must be
+        // the chunk that was open.
+        self.write_part(st, &buf, false)?;
         let open = st.open.take().ok_or(LogError::Closed)?;
         let now = self.clock.wall_ns();
         if let Some(m) = st.chunks.get_mut(&id) {
@@ -755,15 +856,22 @@ impl<S: Storage> ChunkLog<S> {
             m.len = open.len;
         }
         self.metrics.chunks_closed.fetch_add(1, Ordering::Relaxed);
+        // A failed sync or rename leaves the chunk closed under its `.open` name: `always` hands
+        // it to the next sync pass (which retries and reports), `never` keeps the name (a restart
+        // checks and renames it). The log goes on either way.
         match self.config.fsync {
             FsyncPolicy::Interval(_) => st.pending.push(PendingClose { id, file: open.file }),
             FsyncPolicy::Always => {
-                self.timed_sync(&open.file).map_err(io_err(format!("cannot sync chunk {id}")))?;
-                self.rename_closed(st, id)?;
+                if self.timed_sync(&open.file).is_err() || self.rename_closed(st, id).is_err() {
+                    self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
+                    st.pending.push(PendingClose { id, file: open.file });
+                }
                 st.dir_dirty = true;
             }
             FsyncPolicy::Never => {
-                self.rename_closed(st, id)?;
+                if self.rename_closed(st, id).is_err() {
+                    self.metrics.disk_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 st.dir_dirty = true;
             }
         }
@@ -811,18 +919,43 @@ impl<S: Storage> ChunkLog<S> {
             };
             (open, std::mem::take(&mut st.pending))
         };
+        // A chunk not yet synced and renamed goes back to the list for the next pass, whatever
+        // failed first: one bad sync must not leave the others closed but never made durable.
+        let requeue = |pending: Vec<PendingClose<S::File>>| {
+            let mut st = lock(&self.state);
+            let mut later = std::mem::take(&mut st.pending);
+            st.pending = pending.into_iter().filter(|p| st.chunks.contains_key(&p.id)).collect();
+            st.pending.append(&mut later);
+        };
         for p in &pending {
-            self.timed_sync(&p.file).map_err(io_err(format!("cannot sync chunk {}", p.id)))?;
+            if let Err(e) = self.timed_sync(&p.file) {
+                let id = p.id;
+                requeue(pending);
+                return Err(io_err(format!("cannot sync chunk {id}"))(e));
+            }
         }
         if let Some((_, _, f)) = &open {
-            self.timed_sync(f).map_err(io_err("cannot sync the open chunk"))?;
+            if let Err(e) = self.timed_sync(f) {
+                requeue(pending);
+                return Err(io_err("cannot sync the open chunk")(e));
+            }
         }
         let dir_dirty = {
             let mut st = lock(&self.state);
-            for p in &pending {
+            let had_pending = !pending.is_empty();
+            let mut pending = pending.into_iter();
+            while let Some(p) = pending.next() {
                 // Retention may have discarded it meanwhile.
-                if st.chunks.contains_key(&p.id) {
-                    self.rename_closed(&mut st, p.id)?;
+                if !st.chunks.contains_key(&p.id) || st.chunks.get(&p.id).is_some_and(|m| m.renamed) {
+                    continue;
+                }
+                if let Err(e) = self.rename_closed(&mut st, p.id) {
+                    let mut rest = vec![p];
+                    rest.extend(pending);
+                    st.dir_dirty = true;
+                    drop(st);
+                    requeue(rest);
+                    return Err(e);
                 }
             }
             if let (Some((id, len, _)), Some(o)) = (&open, st.open.as_mut()) {
@@ -830,7 +963,7 @@ impl<S: Storage> ChunkLog<S> {
                     o.synced_len = o.synced_len.max(*len);
                 }
             }
-            std::mem::take(&mut st.dir_dirty) || !pending.is_empty()
+            std::mem::take(&mut st.dir_dirty) || had_pending
         };
         if dir_dirty {
             if let Err(e) = self.storage.sync_dir() {
@@ -853,6 +986,10 @@ impl<S: Storage> ChunkLog<S> {
                 }
             }
             self.apply_retention(&mut st)?;
+            // A rotation that could not create its next chunk: try again now, and say why not.
+            if st.open.is_none() && !st.closed {
+                self.reopen(&mut st)?;
+            }
         }
         self.sync_if_always()
     }
@@ -928,6 +1065,7 @@ impl<S: Storage> ChunkLog<S> {
                 self.apply_retention(&mut st)?;
                 self.close_open_chunk(&mut st, "shutdown")?;
             }
+            st.closed = true;
         }
         self.sync()?;
         self.changed.notify(usize::MAX);

@@ -221,6 +221,10 @@ struct MemDir {
     durable: BTreeMap<String, MemFile>,
     /// Bytes the "disk" holds before writes fail with ENOSPC.
     capacity: Option<usize>,
+    /// New files cannot be created (EMFILE: no file descriptors left).
+    fail_creates: bool,
+    /// fdatasync fails (EIO).
+    fail_syncs: bool,
     now_ns: u64,
     syncs_data: u64,
     syncs_dir: u64,
@@ -245,6 +249,16 @@ impl MemStorage {
     /// Writes fail with "no space left" once the files hold this many bytes in all.
     pub fn set_capacity(&self, bytes: Option<usize>) {
         lock(&self.dir).capacity = bytes;
+    }
+
+    /// Creating a file fails with EMFILE (no file descriptors left) while this is set.
+    pub fn set_fail_creates(&self, fail: bool) {
+        lock(&self.dir).fail_creates = fail;
+    }
+
+    /// A file's fdatasync fails with EIO while this is set.
+    pub fn set_fail_syncs(&self, fail: bool) {
+        lock(&self.dir).fail_syncs = fail;
     }
 
     /// The time that new writes stamp as their modification time.
@@ -306,6 +320,9 @@ impl Storage for MemStorage {
 
     fn create_new(&self, name: &str) -> io::Result<MemHandle> {
         let mut d = lock(&self.dir);
+        if d.fail_creates {
+            return Err(io::Error::from_raw_os_error(24)); // EMFILE
+        }
         if d.live.contains_key(name) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_owned()));
         }
@@ -366,6 +383,9 @@ impl StorageFile for MemHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        if lock(&self.dir).fail_syncs {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         let mut f = lock(&self.file);
         f.durable_len = f.data.len();
         drop(f);

@@ -312,6 +312,183 @@ fn full_disk_blocks_in_block_mode_until_space_returns() {
     assert_eq!(user_seqs(&storage, 16 * 1024), vec![0]);
 }
 
+fn open_chunk_text(storage: &MemStorage, log: &ChunkLog<MemStorage>) -> String {
+    let open = log.open_chunk_id().expect("a chunk is open");
+    String::from_utf8(storage.contents(&format!("{open}.open")).expect("open chunk")).expect("utf-8")
+}
+
+#[test]
+fn a_rotation_that_cannot_create_its_next_chunk_drops_counts_and_recovers() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (storage, clock, log) = mem_log(small_config(FsyncPolicy::Never));
+    let first = log.open_chunk_id().expect("open");
+    // No file can be created (no file descriptors left): the size rotation closes the first chunk
+    // and cannot open the next.
+    storage.set_fail_creates(true);
+    let mut seq = 0;
+    while seq < 300 {
+        log.append(&user_line(seq, 100)).expect("an append goes on with no chunk to write into");
+        seq += 1;
+    }
+    let dropped = log.metrics().dropped_events.load(Relaxed);
+    assert!(dropped > 0 && dropped < 300, "{dropped} dropped");
+    assert_eq!(log.open_chunk_id(), None);
+    assert_eq!(log.progress(first).map(|c| c.state), Some(ChunkState::Closed));
+    assert!(log.tick().is_err(), "the tick tries again and says why it could not");
+    storage.set_fail_creates(false);
+    // Within the pause after a failed try, writes are still dropped and counted.
+    log.append(&user_line(seq, 100)).expect("append");
+    seq += 1;
+    assert_eq!(log.open_chunk_id(), None);
+    assert_eq!(log.metrics().dropped_events.load(Relaxed), dropped + 1);
+    clock.advance_ns(sluice_chunk::log::REOPEN_RETRY.as_nanos() as u64);
+    for _ in 0..10 {
+        log.append(&user_line(seq, 100)).expect("append");
+        seq += 1;
+    }
+    let open = log.open_chunk_id().expect("a chunk is open again");
+    assert!(open > first);
+    let text = open_chunk_text(&storage, &log);
+    assert!(
+        text.starts_with("{\"time_ns\":") && text.lines().next().is_some_and(|l| l.contains("chunk_opened")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\"sluice_event\":\"events_dropped\",\"events\":{}", dropped + 1)), "{text}");
+    let kept = user_seqs(&storage, 16 * 1024);
+    assert_eq!(kept.len() as u64 + dropped + 1, seq, "every line is either kept or counted");
+    assert_eq!(kept[kept.len() - 10..], (seq - 10..seq).collect::<Vec<_>>()[..]);
+    assert!(kept.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn the_tick_creates_the_chunk_a_failed_rotation_left_missing() {
+    let (storage, clock, log) = mem_log(small_config(FsyncPolicy::Interval(Duration::from_millis(200))));
+    log.append(&user_line(0, 10)).expect("append");
+    storage.set_fail_creates(true);
+    clock.advance_ns(601 * 1_000_000_000);
+    assert!(log.tick().is_err(), "the age rotation's next chunk cannot be created");
+    assert_eq!(log.open_chunk_id(), None);
+    storage.set_fail_creates(false);
+    log.tick().expect("tick");
+    assert!(log.open_chunk_id().is_some());
+    log.append(&user_line(1, 10)).expect("append");
+    log.close().expect("close");
+    assert_eq!(user_seqs(&storage, 16 * 1024), vec![0, 1]);
+    assert!(matches!(log.append(&user_line(2, 10)), Err(sluice_chunk::LogError::Closed)), "a closed log stays closed");
+}
+
+#[test]
+fn a_failed_sync_under_always_is_counted_and_retried_not_fatal() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (storage, _clock, log) = mem_log(small_config(FsyncPolicy::Always));
+    log.append(&user_line(0, 10)).expect("append");
+    storage.set_fail_syncs(true);
+    log.append(&user_line(1, 10)).expect("an append whose sync fails still succeeds");
+    assert!(log.metrics().disk_errors.load(Relaxed) >= 1);
+    assert!(log.sync().is_err(), "the sync pass reports it");
+    storage.set_fail_syncs(false);
+    log.sync().expect("the next pass syncs what the failed one left");
+    storage.crash(|_| 0);
+    let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
+    let (_log, _) = ChunkLog::open(storage.clone(), small_config(FsyncPolicy::Always), clock).expect("reopen");
+    assert_eq!(user_seqs(&storage, 16 * 1024), vec![0, 1]);
+}
+
+#[test]
+fn a_failed_sync_pass_keeps_its_closed_chunks_for_the_next() {
+    let (storage, _clock, log) = mem_log(small_config(FsyncPolicy::Interval(Duration::from_millis(200))));
+    for seq in 0..400 {
+        log.append(&user_line(seq, 100)).expect("append");
+    }
+    let closed = log.list().iter().filter(|c| c.state == ChunkState::Closed).count();
+    assert!(closed >= 3, "{closed} closed chunks");
+    storage.set_fail_syncs(true);
+    assert!(log.sync().is_err());
+    storage.set_fail_syncs(false);
+    log.sync().expect("sync");
+    let names: Vec<String> = storage.list().expect("list").into_iter().map(|e| e.name).collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".chunk")).count(), closed, "{names:?}");
+    // Power loss right after: every closed chunk was synced and renamed by the second pass.
+    storage.crash(|_| 0);
+    let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
+    let (_log, _) = ChunkLog::open(storage.clone(), small_config(FsyncPolicy::Always), clock).expect("reopen");
+    assert_eq!(user_seqs(&storage, 16 * 1024), (0..400).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_rotation_on_a_full_disk_in_block_mode_closes_the_chunk_it_started_with() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut config = small_config(FsyncPolicy::Never);
+    config.on_full = OnFull::Block;
+    let (storage, _clock, log) = mem_log(config);
+    let log = Arc::new(log);
+    let first = log.open_chunk_id().expect("open");
+    let mut seq = 0;
+    // Fill the chunk until the next line does not fit below its limit less the closing reserve.
+    while log.list().last().map(|c| c.len).unwrap_or(0) + (user_line(seq, 100).len() as u64) < 12 * 1024 {
+        log.append(&user_line(seq, 100)).expect("append");
+        seq += 1;
+    }
+    // The disk is full: the next line that does not fit rotates, and the closing event is refused.
+    let used: usize = storage.list().expect("list").iter().map(|e| e.len as usize).sum();
+    storage.set_capacity(Some(used));
+    let writer = {
+        let log = log.clone();
+        let lines: Vec<u8> = (seq..seq + 40).flat_map(|s| user_line(s, 100)).collect();
+        std::thread::spawn(move || log.append(&lines))
+    };
+    // The chunk is closed and the next opened before the writer waits for room for its lines;
+    // the refused closing event is not waited for with the lock let go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log.progress(first).map(|c| c.state) != Some(ChunkState::Closed)
+        || log.metrics().disk_errors.load(Relaxed) < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "the rotation waited for the disk: {:?}", log.list());
+        std::thread::yield_now();
+    }
+    assert!(!writer.is_finished(), "the user's lines wait for room (block mode)");
+    // The rotation's own events (closing and opening) were dropped and counted, not waited for with
+    // the lock let go: meanwhile a tick could have rotated, and the close would have taken the
+    // wrong chunk.
+    assert_eq!(log.metrics().dropped_events.load(Relaxed), 2);
+    let second = log.open_chunk_id().expect("the next chunk is open");
+    assert!(second > first);
+    storage.set_capacity(None);
+    writer.join().expect("join").expect("append");
+    log.close().expect("close");
+    // Each chunk's recorded length is its file's, and every user line is there once, in order.
+    for c in log.list() {
+        let len = storage.contents(&format!("{}.chunk", c.id)).map(|d| d.len() as u64);
+        assert_eq!(len, Some(c.len), "chunk {}", c.id);
+    }
+    assert_eq!(user_seqs(&storage, 16 * 1024), (0..seq + 40).collect::<Vec<_>>());
+}
+
+#[test]
+fn never_mode_cuts_a_closed_chunk_torn_by_a_power_loss() {
+    let (storage, _clock, log) = mem_log(small_config(FsyncPolicy::Never));
+    for seq in 0..200 {
+        log.append(&user_line(seq, 100)).expect("append");
+    }
+    let first = log.list()[0].id;
+    log.close().expect("close");
+    drop(log);
+    // Unsynced: the kernel wrote back a torn tail of the first closed chunk.
+    let name = format!("{first}.chunk");
+    let whole = storage.contents(&name).expect("chunk");
+    let mut f = storage.open_append(&name).expect("open");
+    sluice_chunk::StorageFile::set_len(&mut f, (whole.len() - 30) as u64).expect("cut");
+    sluice_chunk::StorageFile::write_all(&mut f, &[0u8; 20]).expect("zeros");
+    drop(f);
+    let clock = Arc::new(ManualClock::new(T0)) as Arc<dyn Clock>;
+    let (log, report) = ChunkLog::open(storage.clone(), small_config(FsyncPolicy::Never), clock).expect("reopen");
+    assert!(report.repaired.iter().any(|&(id, _, cut)| id == first && cut > 0), "{:?}", report.repaired);
+    assert_eq!(log.progress(first).map(|c| c.len), storage.contents(&name).map(|d| d.len() as u64));
+    // user_seqs checks every chunk ends on a whole, valid line.
+    let seqs = user_seqs(&storage, 16 * 1024);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]) && seqs.len() >= 190, "{}", seqs.len());
+}
+
 #[test]
 fn repair_cuts_torn_tail_and_reports_strays() {
     let storage = MemStorage::new();

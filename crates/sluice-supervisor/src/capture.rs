@@ -45,7 +45,7 @@ struct Splitter<'a, S: Storage> {
 }
 
 impl<S: Storage> Splitter<'_, S> {
-    fn line(&mut self, line: &[u8]) {
+    fn line(&mut self, line: &[u8]) -> Result<(), LogError> {
         let m = self.metrics;
         match self.pipe {
             Pipe::Stdout => {
@@ -62,9 +62,10 @@ impl<S: Storage> Splitter<'_, S> {
                 sluice_event::process_stderr(line, self.now_ns, &self.limits, &mut self.out);
             }
         }
+        self.flush_if_full()
     }
 
-    fn too_long(&mut self, prefix: &[u8], total: u64) {
+    fn too_long(&mut self, prefix: &[u8], total: u64) -> Result<(), LogError> {
         let m = self.metrics;
         match self.pipe {
             Pipe::Stdout => {
@@ -79,6 +80,17 @@ impl<S: Storage> Splitter<'_, S> {
                 sluice_event::process_stderr_too_long(prefix, total, self.now_ns, &self.limits, &mut self.out);
             }
         }
+        self.flush_if_full()
+    }
+
+    /// Wrapping makes a line longer (an empty line becomes an event of about 70 bytes): the
+    /// wrapped output goes to the log once it holds a read's worth, so one read of short bad lines
+    /// cannot build tens of MB here. Order is kept: a pending run was appended before any wrap.
+    fn flush_if_full(&mut self) -> Result<(), LogError> {
+        if self.out.len() >= READ_BYTES {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Handle one read: complete lines are processed, the unfinished tail is kept.
@@ -111,12 +123,12 @@ impl<S: Storage> Splitter<'_, S> {
             }
             if let Some(mut o) = self.oversize.take() {
                 o.total += seg.len() as u64;
-                self.too_long(&o.prefix, o.total);
+                self.too_long(&o.prefix, o.total)?;
             } else if self.carry.is_empty() {
                 if seg.len() > max {
-                    self.too_long(&seg[..keep], seg.len() as u64);
+                    self.too_long(&seg[..keep], seg.len() as u64)?;
                 } else {
-                    self.line(seg);
+                    self.line(seg)?;
                 }
             } else if self.carry.len() + seg.len() > max {
                 let mut prefix = std::mem::take(&mut self.carry);
@@ -124,13 +136,14 @@ impl<S: Storage> Splitter<'_, S> {
                 let need = keep.saturating_sub(prefix.len());
                 prefix.extend_from_slice(&seg[..need.min(seg.len())]);
                 prefix.truncate(keep);
-                self.too_long(&prefix, total);
+                self.too_long(&prefix, total)?;
             } else {
                 let mut line = std::mem::take(&mut self.carry);
                 line.extend_from_slice(seg);
-                self.line(&line);
+                let r = self.line(&line);
                 line.clear();
                 self.carry = line; // keep the allocation
+                r?;
             }
         }
         if let Some(r) = run {
@@ -156,12 +169,14 @@ impl<S: Storage> Splitter<'_, S> {
     }
 
     /// End of the pipe: an unfinished last line is still a line.
-    fn finish(&mut self) {
+    fn finish(&mut self) -> Result<(), LogError> {
         if let Some(o) = self.oversize.take() {
-            self.too_long(&o.prefix, o.total);
+            self.too_long(&o.prefix, o.total)
         } else if !self.carry.is_empty() {
             let line = std::mem::take(&mut self.carry);
-            self.line(&line);
+            self.line(&line)
+        } else {
+            Ok(())
         }
     }
 
@@ -208,7 +223,7 @@ pub fn capture<S: Storage>(
         s.flush()?;
     }
     s.now_ns = clock.wall_ns();
-    s.finish();
+    s.finish()?;
     s.flush()
 }
 
@@ -251,6 +266,37 @@ mod tests {
             1 => (1100usize..3000).prop_map(|n| format!("{{\"time_ns\":1,\"big\":\"{}\"}}", "x".repeat(n)).into_bytes()),
             1 => prop::collection::vec(any::<u8>(), 0..60).prop_map(|mut v| { v.retain(|&b| b != b'\n'); v }),
         ]
+    }
+
+    /// A read of a MiB of empty lines wraps each into an event of about 70 bytes: the wrapped
+    /// output is handed to the log a read's worth at a time, never held whole (about 70 MB).
+    #[test]
+    fn wrapped_output_is_bounded_by_a_read_not_by_what_wrapping_makes_of_it() {
+        let storage = MemStorage::new();
+        let clock = Arc::new(ManualClock::new(T));
+        let config = LogConfig { fsync: FsyncPolicy::Never, ..LogConfig::default() };
+        let (log, _) = ChunkLog::open(storage, config, clock.clone()).expect("open");
+        let metrics = Metrics::default();
+        let limits = Limits { line_bytes_max: 1024 };
+        let mut s = Splitter {
+            pipe: Pipe::Stdout,
+            limits,
+            log: &log,
+            metrics: &metrics,
+            carry: Vec::new(),
+            oversize: None,
+            out: Vec::with_capacity(READ_BYTES + 4096),
+            now_ns: T,
+        };
+        let empty_lines = vec![b'\n'; READ_BYTES];
+        s.feed(&empty_lines).expect("feed");
+        s.flush().expect("flush");
+        assert!(s.out.capacity() < 2 * READ_BYTES, "the side buffer grew to {} bytes", s.out.capacity());
+        assert_eq!(metrics.stdout_events.load(Ordering::Relaxed), READ_BYTES as u64);
+        // Every empty line is an event in the log (none dropped: the retention here is 500 MB).
+        assert_eq!(log.metrics().dropped_events.load(Ordering::Relaxed), 0);
+        let written = log.metrics().events_written.load(Ordering::Relaxed);
+        assert!(written >= READ_BYTES as u64, "{written} events written");
     }
 
     proptest! {

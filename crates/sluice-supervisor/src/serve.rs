@@ -222,6 +222,17 @@ impl Server {
             metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // The handshake was judged by the list of its start: a reload while it ran (it may take
+        // the whole handshake timeout) may have removed this client, who gets no response at all.
+        if !self.tls.is_allowed(&fp) {
+            metrics.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            self.record_revoked(
+                peer,
+                &fp,
+                "client removed from the allow list during its handshake; connection closed",
+            );
+            return;
+        }
         metrics.clients_accepted.fetch_add(1, Ordering::Relaxed);
         let _connected = GaugeUnit::new(Arc::clone(metrics), |m| &m.clients_connected);
         let (peer_text, fp_text) = (peer.to_string(), format_fingerprint(&fp));
@@ -238,20 +249,15 @@ impl Server {
         tokio::pin!(conn);
         let (mut watching_reloads, mut draining) = (true, false);
         loop {
+            // A reload is looked at before the connection is served again, so a client it removed
+            // gets no further response.
             tokio::select! {
-                _ = conn.as_mut() => return,
+                biased;
                 changed = reloads.changed(), if watching_reloads => match changed {
                     Ok(()) if !self.tls.is_allowed(&fp) => {
                         // Dropping the connection closes the socket mid-response: the client sees
                         // a body cut without its final chunk, and its next handshake fails.
-                        let (peer_text, fp_text) = (peer.to_string(), format_fingerprint(&fp));
-                        self.chunks.record(move |buf, now| {
-                            OwnEvent::new(buf, now, "client_revoked")
-                                .str("peer", &peer_text)
-                                .str("fingerprint", &fp_text)
-                                .str("message", "client removed from the allow list by a reload; connection closed")
-                                .finish()
-                        });
+                        self.record_revoked(peer, &fp, "client removed from the allow list by a reload; connection closed");
                         return;
                     }
                     Ok(()) => {}
@@ -261,8 +267,20 @@ impl Server {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
+                _ = conn.as_mut() => return,
             }
         }
+    }
+
+    fn record_revoked(&self, peer: SocketAddr, fp: &sluice_tls::Fingerprint, message: &'static str) {
+        let (peer_text, fp_text) = (peer.to_string(), format_fingerprint(fp));
+        self.chunks.record(move |buf, now| {
+            OwnEvent::new(buf, now, "client_revoked")
+                .str("peer", &peer_text)
+                .str("fingerprint", &fp_text)
+                .str("message", message)
+                .finish()
+        });
     }
 
     /// Count a failed handshake; a refused certificate also gets a (rate-limited) event.
