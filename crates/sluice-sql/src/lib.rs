@@ -341,6 +341,7 @@ impl Engine {
 
     /// Run one SQL query over `events`.
     pub async fn sql(&self, sql: &str, access: Access) -> Result<QueryOutput, QueryError> {
+        check_operators(sql)?;
         self.run(sql, access, None, self.inner.cfg.rows_max).await
     }
 
@@ -539,6 +540,56 @@ impl Inner {
         add_scan_metrics(&plan, &mut stats);
         Ok(QueryOutput { schema, batches, truncated, stats })
     }
+}
+
+/// Most operators one query may hold. The parser nests parentheses and calls at most 50 deep,
+/// but it builds a chain of binary operators (`a + b + …`, `x = 1 OR x = 2 OR …`) in a loop, into
+/// a tree as deep as the chain is long, which planning walks and dropping frees recursively.
+pub const OPERATORS_MAX: usize = 4096;
+
+/// Refuse a query with more than [`OPERATORS_MAX`] operators before it is parsed into a tree.
+fn check_operators(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    // A text the tokenizer refuses is left for the parser to explain.
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Ok(()) };
+    let operators = tokens
+        .iter()
+        .filter(|t| match t {
+            Token::Word(w) => matches!(
+                w.keyword,
+                Keyword::AND
+                    | Keyword::OR
+                    | Keyword::NOT
+                    | Keyword::IS
+                    | Keyword::LIKE
+                    | Keyword::ILIKE
+                    | Keyword::BETWEEN
+            ),
+            Token::Whitespace(_)
+            | Token::Number(..)
+            | Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::Comma
+            | Token::Period
+            | Token::LParen
+            | Token::RParen
+            | Token::SemiColon
+            | Token::EOF => false,
+            _ => true,
+        })
+        .count();
+    if operators > OPERATORS_MAX {
+        return Err(QueryError::Invalid {
+            message: format!(
+                "the query has {operators} operators; at most {OPERATORS_MAX} fit in one query: write a list of \
+                 alternatives as `x IN (a, b, …)`, or split the query"
+            ),
+            position: None,
+        });
+    }
+    Ok(())
 }
 
 /// The bytes `batch` holds, counting only the part of each buffer a slice covers (a limit's

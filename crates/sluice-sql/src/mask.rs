@@ -115,8 +115,10 @@ impl MaskKey {
         h.finish()
     }
 
-    /// `sluice_overflow` JSON with `pii_*` values masked and the text of unparsed lines hidden.
-    /// Text that is not a JSON object is hidden whole (it cannot be checked for PII).
+    /// `sluice_overflow` JSON with `pii_*` values masked and the text of bad lines hidden: that of
+    /// unparsed lines, and the keys of [`HIDDEN_COLUMNS`] when they are kept here (past the cap of
+    /// columns) instead of in columns of their own. Text that is not a JSON object is hidden whole
+    /// (it cannot be checked for PII).
     pub fn mask_overflow(&self, json: &str) -> String {
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) else {
             return serde_json::json!({ OVERFLOW_UNPARSED: HIDDEN }).to_string();
@@ -124,7 +126,7 @@ impl MaskKey {
         let masked: serde_json::Map<String, serde_json::Value> = map
             .into_iter()
             .map(|(k, v)| {
-                let v = if k == OVERFLOW_UNPARSED {
+                let v = if k == OVERFLOW_UNPARSED || HIDDEN_COLUMNS.contains(&k.as_str()) {
                     serde_json::Value::String(HIDDEN.to_owned())
                 } else if sluice_query::is_pii(&k) {
                     match v {
@@ -280,5 +282,11 @@ mod tests {
             serde_json::from_str(&k.mask_overflow(r#"{"sluice_unparsed":"secret U577019"}"#)).unwrap();
         assert_eq!(out["sluice_unparsed"], HIDDEN);
         assert!(!k.mask_overflow("not json U577019").contains("U577019"));
+        let bad = r#"{"sluice_raw":"{\"pii_email\":\"a@b.c\"","sluice_raw_b64":"eyJwaWk","sluice_bad_values":"{\"pii_x\":1.5}","sluice_bad":"syntax"}"#;
+        let out: serde_json::Value = serde_json::from_str(&k.mask_overflow(bad)).unwrap();
+        for key in HIDDEN_COLUMNS {
+            assert_eq!(out[key], HIDDEN, "{key}");
+        }
+        assert_eq!(out["sluice_bad"], "syntax", "the kind of bad line stays readable");
     }
 }

@@ -14,6 +14,9 @@ use std::io;
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
 
+/// Stack of each query thread: room for what recursion DataFusion does not move to the heap.
+const QUERY_STACK_BYTES: usize = 8 << 20;
+
 /// A multi-threaded runtime for one query. Dropping it does not wait for a query still in a
 /// poll (the thread finishes the poll, then drops the query and ends).
 pub(crate) struct QueryPool {
@@ -25,6 +28,10 @@ impl QueryPool {
         let runtime = Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("sluice-query")
+            // Planning walks expression trees recursively; DataFusion grows its stack on the heap
+            // where it recurses (`recursive_protection`), and the rest (dropping a deep tree) gets
+            // room here. Only the pages a query touches are ever committed.
+            .thread_stack_size(QUERY_STACK_BYTES)
             .enable_all()
             .build()?;
         Ok(QueryPool { runtime: Some(runtime) })

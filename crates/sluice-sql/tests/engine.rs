@@ -598,6 +598,50 @@ async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
     assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
 }
 
+/// A long chain of operators (parsed in a loop, so the parser's nesting limit never sees it) is
+/// planned without exhausting a thread's stack, and one past the limit is refused clearly: either
+/// way the store lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_of_operators_is_answered_or_refused_never_a_crash() {
+    let mut f = Fixture::new();
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"ok","status":1}}"#, T0)]).await;
+    let chain = |n: usize| format!("SELECT {} AS n FROM events", vec!["status"; n].join(" + "));
+    let out = f.engine.sql(&chain(1000), VIEWER).await.expect("a chain of 1,000 is a query");
+    assert_eq!(u64s(&out.batches, "n"), [1000]);
+    let ors = format!(
+        "SELECT count(*) AS n FROM events WHERE {}",
+        (0..2000).map(|i| format!("status = {i}")).collect::<Vec<_>>().join(" OR ")
+    );
+    let out = f.engine.sql(&ors, VIEWER).await.expect("2,000 alternatives are a query");
+    assert_eq!(u64s(&out.batches, "n"), [1]);
+    for n in [20_000, 200_000] {
+        let e = f.engine.sql(&chain(n), VIEWER).await.unwrap_err();
+        assert!(matches!(e, QueryError::Invalid { .. }), "{e:?}");
+        assert!(e.to_string().contains("operators"), "{e}");
+    }
+    let out = f.engine.sql("SELECT count(*) AS n FROM events", VIEWER).await.expect("the engine lives on");
+    assert_eq!(u64s(&out.batches, "n"), [1]);
+}
+
+/// Past the cap of columns a bad line's original text lands in the overflow: hidden there from a
+/// viewer as it is in its own column, and not findable by its words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_lines_text_in_the_overflow_is_hidden_without_the_pii_role() {
+    let mut f = Fixture::with_configs(EngineConfig::default(), |c| c.keys_max = 2);
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"ok","status":1}}"#, T0)]).await;
+    let raw = r#"{\"pii_email\":\"zq7secret@example.org\",\"n\":1.5}"#;
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"bad","sluice_bad":"float","sluice_raw":"{raw}"}}"#, T0 + 1)]).await;
+    f.flush();
+    let viewer = f.engine.sql("SELECT sluice_overflow FROM events WHERE msg = 'bad'", VIEWER).await.unwrap();
+    let text = strings(&viewer.batches, "sluice_overflow")[0].clone().unwrap_or_default();
+    assert!(text.contains("sluice_raw") && !text.contains("zq7secret"), "{text}");
+    let pii = f.engine.sql("SELECT sluice_overflow FROM events WHERE msg = 'bad'", PII).await.unwrap();
+    let text = strings(&pii.batches, "sluice_overflow")[0].clone().unwrap_or_default();
+    assert!(text.contains("zq7secret"), "the pii role sees the original text: {text}");
+    assert_eq!(search_as(&f, "zq7secret", VIEWER).await.rows(), 0);
+    assert_eq!(search(&f, "zq7secret").await, ["bad"]);
+}
+
 /// `field:value`, comparisons and `field:*` also test the value a field has outside its column:
 /// a value of the other type, or a key past the cap of columns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,6 +290,7 @@ pub struct StoreStats {
     pub fsync_ns_total: u64,
     pub fsync_ns_max: u64,
     pub segments: u64,
+    /// Bytes of the live segments and their term indexes.
     pub segment_bytes: u64,
     pub flushes: u64,
     /// Compactions (since the data directory was created).
@@ -413,6 +414,10 @@ struct Inner {
     wake: (Mutex<bool>, Condvar),
     buffer_space: tokio::sync::Notify,
     terms: TermsCache,
+    /// Segments whose compaction failed (a damaged or missing file): left out of later groups
+    /// until a restart, so that one bad segment neither holds back the other partitions nor is
+    /// read again every tick.
+    compact_skip: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The store. Dropping it stops the background maintenance without flushing (like a crash: the
@@ -441,9 +446,9 @@ impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let dir = cfg.data_dir.clone();
         let wal_dir = dir.join(WAL_DIR);
-        std::fs::create_dir_all(&wal_dir).map_err(io_err(&wal_dir))?;
+        segment::create_dirs_durably(&wal_dir).map_err(io_err(&wal_dir))?;
         let seg_dir = dir.join(segment::SEGMENTS_DIR);
-        std::fs::create_dir_all(&seg_dir).map_err(io_err(&seg_dir))?;
+        segment::create_dirs_durably(&seg_dir).map_err(io_err(&seg_dir))?;
         let objects = Arc::new(
             LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|source| StoreError::ObjectStore { path: dir.clone(), source })?,
@@ -532,6 +537,7 @@ impl Store {
             wake: (Mutex::new(false), Condvar::new()),
             buffer_space: tokio::sync::Notify::new(),
             terms: TermsCache::new(terms::TERMS_CACHE_BYTES_MAX_DEFAULT),
+            compact_skip: Mutex::new(std::collections::HashSet::new()),
         });
         let maintenance = if inner.cfg.maintenance {
             let inner = inner.clone();
@@ -624,7 +630,7 @@ impl Store {
         st.rows_in_segments = s.manifest.segments.iter().map(|m| m.rows).sum();
         st.wal_bytes = s.wal.bytes();
         st.segments = s.manifest.segments.len() as u64;
-        st.segment_bytes = s.manifest.segments.iter().map(|m| m.bytes).sum();
+        st.segment_bytes = s.manifest.segments.iter().map(SegmentMeta::disk_bytes).sum();
         st.bytes_on_disk = st.segment_bytes + st.wal_bytes + s.manifest_bytes;
         st.keys = s.registry.keys().len() as u64;
         st.progress_entries = s.progress.values().map(|m| m.len() as u64).sum();
@@ -1020,6 +1026,11 @@ fn apply_commit(s: &mut State, c: &CommitRecord, to_buffer: bool) {
     p.updated_ns = p.updated_ns.max(c.received_ns);
 }
 
+/// A duration in nanoseconds; one past u64 (585 years) stays "forever" instead of wrapping.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn max_progress(a: ChunkProgress, b: ChunkProgress) -> ChunkProgress {
     ChunkProgress { offset: a.offset.max(b.offset), complete: a.complete || b.complete }
 }
@@ -1047,7 +1058,7 @@ fn forget_progress(
     now_ns: u64,
     window: Duration,
 ) -> u64 {
-    let stale_before = now_ns.saturating_sub(window.as_nanos() as u64);
+    let stale_before = now_ns.saturating_sub(nanos(window));
     let grace_before = now_ns.saturating_sub(FLOOR_GRACE.as_nanos() as u64);
     let mut lost = 0;
     progress.retain(|stream, chunks| {
@@ -1143,8 +1154,25 @@ fn key_entries(r: &Registry) -> Vec<KeyEntry> {
 }
 
 /// Write `next` as the manifest and make it current.
+/// Write `next` as the manifest. If it was put in place but not made durable, the store stops
+/// (as after a failed WAL write): carrying on from the old manifest in memory would reuse
+/// segment names the new one on disk lists, and a restart reads from disk anyway.
+fn store_manifest(inner: &Inner, next: &Manifest) -> Result<u64, StoreError> {
+    next.store(&inner.cfg.data_dir).map_err(|e| {
+        if matches!(e, ManifestError::Unsynced { .. }) {
+            let mut s = lock(&inner.state);
+            if s.poisoned.is_none() {
+                s.poisoned = Some(e.to_string());
+            }
+            drop(s);
+            inner.buffer_space.notify_waiters();
+        }
+        StoreError::from(e)
+    })
+}
+
 fn install_manifest(inner: &Inner, next: Manifest) -> Result<(), StoreError> {
-    let bytes = next.store(&inner.cfg.data_dir)?;
+    let bytes = store_manifest(inner, &next)?;
     let mut s = lock(&inner.state);
     s.manifest = next;
     s.manifest_bytes = bytes;
@@ -1215,7 +1243,7 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
         )?;
         next.segments.extend(metas);
         poison_on(inner, FailPoint::FlushAfterSegments)?;
-        let bytes = next.store(&inner.cfg.data_dir)?;
+        let bytes = store_manifest(inner, &next)?;
         poison_on(inner, FailPoint::FlushAfterManifest)?;
         let mut s = lock(&inner.state);
         s.manifest = next;
@@ -1241,10 +1269,14 @@ fn flush(inner: &Inner) -> Result<usize, StoreError> {
 }
 
 /// Segments of one partition to merge: the oldest small ones, if there are enough.
-fn compaction_groups(m: &Manifest, cfg: &StoreConfig) -> Vec<Vec<SegmentMeta>> {
+fn compaction_groups(
+    m: &Manifest,
+    cfg: &StoreConfig,
+    skip: &std::collections::HashSet<String>,
+) -> Vec<Vec<SegmentMeta>> {
     let mut by_hour: std::collections::BTreeMap<u64, Vec<&SegmentMeta>> = std::collections::BTreeMap::new();
     for seg in &m.segments {
-        if seg.bytes < cfg.compact_segment_bytes_small {
+        if seg.bytes < cfg.compact_segment_bytes_small && !skip.contains(&seg.path) {
             by_hour.entry(seg.partition_hour).or_default().push(seg);
         }
     }
@@ -1277,44 +1309,67 @@ fn compact(inner: &Inner) -> Result<usize, StoreError> {
         let s = lock(&inner.state);
         (s.manifest.clone(), s.registry.schema())
     };
-    let groups = compaction_groups(&manifest, &inner.cfg);
+    let groups = compaction_groups(&manifest, &inner.cfg, &lock(&inner.compact_skip));
     if groups.is_empty() {
         return Ok(0);
     }
     let mut next = manifest.clone();
     let mut doomed = Vec::new();
+    let mut merged = 0;
+    let mut failed = None;
     for group in &groups {
-        let meta = segment::merge_segments(
+        let meta = match segment::merge_segments(
             inner.objects.as_ref(),
             Some(&inner.cfg.data_dir),
             group,
             &full,
             &mut next.segment_counter,
             inner.cfg.compact_zstd_level,
-        )?;
+        ) {
+            Ok(meta) => meta,
+            // A full disk fails every group alike: stop here and try again at the next tick.
+            Err(e @ segment::SegmentError::Io { .. }) => {
+                failed = Some(e);
+                break;
+            }
+            // A damaged or missing input: its segments stay as they are (still read by queries,
+            // or reported by them), the other groups go on.
+            Err(e) => {
+                lock(&inner.compact_skip).extend(group.iter().map(|g| g.path.clone()));
+                eprintln!("sluice store: compaction left these segments as they are: {e}");
+                failed = Some(e);
+                continue;
+            }
+        };
         let paths: std::collections::HashSet<&str> = group.iter().map(|g| g.path.as_str()).collect();
         next.segments.retain(|s| !paths.contains(s.path.as_str()));
         next.segments.push(meta);
         doomed.extend(group.iter().map(|g| g.path.clone()));
+        merged += 1;
     }
-    poison_on(inner, FailPoint::CompactAfterOutput)?;
-    next.generation += 1;
-    next.compactions_total += groups.len() as u64;
-    install_manifest(inner, next)?;
-    lock(&inner.state).stats.compactions += groups.len() as u64;
-    poison_on(inner, FailPoint::CompactAfterManifest)?;
-    for path in doomed {
-        segment::delete(inner.objects.as_ref(), &path)?;
-        inner.terms.forget(&path);
+    if merged > 0 {
+        poison_on(inner, FailPoint::CompactAfterOutput)?;
+        next.generation += 1;
+        next.compactions_total += merged as u64;
+        install_manifest(inner, next)?;
+        lock(&inner.state).stats.compactions += merged as u64;
+        poison_on(inner, FailPoint::CompactAfterManifest)?;
+        for path in doomed {
+            segment::delete(inner.objects.as_ref(), &path)?;
+            inner.terms.forget(&path);
+        }
     }
-    Ok(groups.len())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(merged),
+    }
 }
 
 fn retention(inner: &Inner, now_ns: u64) -> Result<usize, StoreError> {
     let _m = lock(&inner.maint);
     check_poisoned(inner)?;
     let manifest = lock(&inner.state).manifest.clone();
-    let cutoff = now_ns.saturating_sub(inner.cfg.retention_age_max.as_nanos() as u64);
+    let cutoff = now_ns.saturating_sub(nanos(inner.cfg.retention_age_max));
     let mut live: Vec<SegmentMeta> = Vec::new();
     let mut doomed: Vec<SegmentMeta> = Vec::new();
     for seg in manifest.segments.iter().cloned() {
@@ -1326,10 +1381,10 @@ fn retention(inner: &Inner, now_ns: u64) -> Result<usize, StoreError> {
     }
     // Oldest first by receive time, then by seq.
     live.sort_by_key(|s| (s.received_ns_max, s.seq_min));
-    let mut total: u64 = live.iter().map(|s| s.bytes).sum();
+    let mut total: u64 = live.iter().map(SegmentMeta::disk_bytes).sum();
     let mut keep_from = 0;
     while total > inner.cfg.retention_bytes_max && keep_from < live.len() {
-        total -= live[keep_from].bytes;
+        total -= live[keep_from].disk_bytes();
         keep_from += 1;
     }
     doomed.extend(live.drain(..keep_from));
@@ -1351,7 +1406,9 @@ fn retention(inner: &Inner, now_ns: u64) -> Result<usize, StoreError> {
 }
 
 fn maintenance_loop(inner: &Inner) {
-    let mut last_retention = Instant::now();
+    // The first pass applies retention at once: a store started after a long stop may hold
+    // segments that expired meanwhile.
+    let mut last_retention: Option<Instant> = None;
     loop {
         {
             let stop = lock(&inner.wake.0);
@@ -1373,16 +1430,19 @@ fn maintenance_loop(inner: &Inner) {
             return;
         }
         let flush_due = size_due || (rows > 0 && first_at.is_some_and(|t| t.elapsed() >= inner.cfg.flush_age_max));
+        // Retention first and whatever else fails: it is what frees the disk that a failing flush
+        // (a full disk) needs.
         let mut result = Ok(());
+        if last_retention.is_none_or(|t| t.elapsed() >= RETENTION_INTERVAL) {
+            last_retention = Some(Instant::now());
+            result = retention(inner, now_ns()).map(|_| ());
+        }
         if flush_due {
-            result = flush(inner).map(|_| ());
+            let flushed = flush(inner).map(|_| ());
+            result = result.and(flushed);
         }
         if result.is_ok() {
             result = compact(inner).map(|_| ());
-        }
-        if result.is_ok() && last_retention.elapsed() >= RETENTION_INTERVAL {
-            last_retention = Instant::now();
-            result = retention(inner, now_ns()).map(|_| ());
         }
         let mut s = lock(&inner.state);
         match result {

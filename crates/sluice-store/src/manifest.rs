@@ -34,7 +34,11 @@ pub struct SegmentMeta {
     /// Hours since the epoch of the partition (`time_ns / 3600e9`).
     pub partition_hour: u64,
     pub rows: u64,
+    /// Size of the Parquet file.
     pub bytes: u64,
+    /// Size of its term index beside it (0 in manifests written before this was recorded).
+    #[serde(default)]
+    pub terms_bytes: u64,
     pub time_ns_min: u64,
     pub time_ns_max: u64,
     pub seq_min: u64,
@@ -129,6 +133,17 @@ pub enum ManifestError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("manifest {path} is not valid ({reason}); restore it from a backup or move the data directory aside")]
     Invalid { path: PathBuf, reason: String },
+    /// The new manifest is in place but its directory could not be synced: what is in memory and
+    /// what a restart would read may now differ, so the store must stop and recover from disk.
+    #[error("manifest {path} was replaced but its directory could not be synced: {source}")]
+    Unsynced { path: PathBuf, source: std::io::Error },
+}
+
+impl SegmentMeta {
+    /// Bytes on disk: the Parquet file and its term index.
+    pub fn disk_bytes(&self) -> u64 {
+        self.bytes + self.terms_bytes
+    }
 }
 
 impl Manifest {
@@ -166,7 +181,9 @@ impl Manifest {
         f.sync_all().map_err(io(&tmp))?;
         drop(f);
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(data_dir).and_then(|d| d.sync_all()).map_err(io(data_dir))?;
+        File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| ManifestError::Unsynced { path: data_dir.to_path_buf(), source })?;
         Ok(text.len() as u64)
     }
 }

@@ -550,6 +550,7 @@ fn write_one(
         partition_hour: hour,
         rows: rows.len() as u64,
         bytes: 0,
+        terms_bytes: 0,
         time_ns_min: u64::MAX,
         time_ns_max: 0,
         seq_min: u64::MAX,
@@ -569,7 +570,7 @@ fn write_one(
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
         out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
-    meta.bytes = out.finish(store, local_root)?;
+    (meta.bytes, meta.terms_bytes) = out.finish(store, local_root)?;
     Ok(meta)
 }
 
@@ -620,7 +621,7 @@ impl PartialFile {
         let mut partial = full.clone().into_os_string();
         partial.push(PARTIAL_SUFFIX);
         if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent)?;
+            create_dirs_durably(parent)?;
         }
         let file = std::fs::File::create(&partial)?;
         Ok(PartialFile {
@@ -691,8 +692,9 @@ impl<'a> SegmentOut<'a> {
             .map_err(|e| SegmentError::Parquet { path: self.path.to_string(), reason: e.to_string() })
     }
 
-    /// Put the term index, then the segment (both durable); returns the segment's size.
-    fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<u64, SegmentError> {
+    /// Put the term index, then the segment (both durable); returns the sizes of the segment and
+    /// of its term index.
+    fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<(u64, u64), SegmentError> {
         let path = self.path;
         let sink = self
             .writer
@@ -700,19 +702,20 @@ impl<'a> SegmentOut<'a> {
             .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })?;
         // The term index goes first: like the segment, it must be durable before a manifest lists it.
         let terms = self.terms.finish();
+        let terms_bytes = terms.len() as u64;
         match sink {
             SegmentSink::Memory(data) => {
                 let bytes = data.len() as u64;
                 put(store, local_root, &terms_path(path), terms)?;
                 put(store, local_root, path, Bytes::from(data))?;
-                Ok(bytes)
+                Ok((bytes, terms_bytes))
             }
             SegmentSink::File(mut file) => {
                 let io = |source| SegmentError::Io { path: path.to_string(), source };
                 let bytes = file.sync().map_err(io)?;
                 put(store, local_root, &terms_path(path), terms)?;
                 file.rename().map_err(io)?;
-                Ok(bytes)
+                Ok((bytes, terms_bytes))
             }
         }
     }
@@ -838,11 +841,13 @@ pub fn merge_segments(
             reason: format!("compaction read {rows} rows from inputs whose manifest entries count {expected}"),
         });
     }
+    let (bytes, terms_bytes) = out.finish(store, local_root)?;
     let meta = SegmentMeta {
         path: path.clone(),
         partition_hour: hour,
         rows,
-        bytes: out.finish(store, local_root)?,
+        bytes,
+        terms_bytes,
         time_ns_min: inputs.iter().map(|m| m.time_ns_min).min().unwrap_or(0),
         time_ns_max: inputs.iter().map(|m| m.time_ns_max).max().unwrap_or(0),
         seq_min: inputs.iter().map(|m| m.seq_min).min().unwrap_or(0),
@@ -915,6 +920,9 @@ fn write_picked(
 
 /// Put a whole object; on the local file system also fsync it and its directory.
 pub fn put(store: &dyn ObjectStore, local_root: Option<&Path>, path: &str, data: Bytes) -> Result<(), SegmentError> {
+    if let Some(parent) = local_root.and_then(|root| root.join(path).parent().map(Path::to_path_buf)) {
+        create_dirs_durably(&parent).map_err(|source| SegmentError::Io { path: path.to_string(), source })?;
+    }
     block_on(store.put(&ObjectPath::from(path), PutPayload::from(data)))
         .map_err(|source| SegmentError::Store { path: path.to_string(), source })?;
     if let Some(root) = local_root {
@@ -924,6 +932,33 @@ pub fn put(store: &dyn ObjectStore, local_root: Option<&Path>, path: &str, data:
         if let Some(parent) = full.parent() {
             std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(ioerr)?;
         }
+    }
+    Ok(())
+}
+
+/// Create `dir` and whichever of its ancestors are missing, each new directory's entry made
+/// durable by syncing its parent: a segment the manifest lists must survive a power loss together
+/// with the directories (`sluice_date=…/sluice_hour=…`) that lead to it.
+pub(crate) fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d);
+        at = d.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in missing.iter().rev() {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
 }
