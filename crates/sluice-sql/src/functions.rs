@@ -17,10 +17,11 @@
 //! every group's values side by side and takes each batch in one pass, rather than DataFusion's
 //! fallback of one accumulator per group fed with per-group slices of every batch.
 //!
-//! `repeat`, `lpad` and `rpad` are DataFusion's, wrapped ([`Bounded`]) so that a call whose
-//! output would exceed the query's memory limit fails (413) before anything is built: one call
-//! with a large count allocated gigabytes that no memory pool saw, and the store could be killed
-//! for it.
+//! The string functions whose output can outgrow their input — `repeat`, `lpad`, `rpad`,
+//! `replace`, `regexp_replace`, `concat`, `concat_ws` — are DataFusion's, wrapped ([`Bounded`]) so
+//! that a call whose output could exceed the query's memory limit fails (413) before anything is
+//! built: one call with a large count allocated gigabytes that no memory pool saw, and the store
+//! could be killed for it. Each bound is the worst case of its arguments, row by row.
 
 use std::sync::Arc;
 
@@ -495,11 +496,19 @@ pub(crate) struct Bounded {
 impl Bounded {
     /// The wrapped functions, to register over DataFusion's own (same names).
     pub(crate) fn all(bytes_max: usize) -> Vec<ScalarUDF> {
-        use datafusion::functions::{string, unicode};
-        [string::repeat(), unicode::lpad(), unicode::rpad()]
-            .into_iter()
-            .map(|inner| ScalarUDF::new_from_impl(Bounded { inner, bytes_max }))
-            .collect()
+        use datafusion::functions::{regex, string, unicode};
+        [
+            string::repeat(),
+            unicode::lpad(),
+            unicode::rpad(),
+            string::replace(),
+            regex::regexp_replace(),
+            string::concat(),
+            string::concat_ws(),
+        ]
+        .into_iter()
+        .map(|inner| ScalarUDF::new_from_impl(Bounded { inner, bytes_max }))
+        .collect()
     }
 }
 
@@ -514,6 +523,29 @@ impl PerRow {
         match self {
             PerRow::Same(v) => *v,
             PerRow::Each(v) => v.get(row).copied().unwrap_or(0),
+        }
+    }
+
+    /// Characters of a string literal that can refer to a capture group (`$1`, `\\1`): each can
+    /// bring back at most its match's text. Per row for a column.
+    fn group_refs(arg: &ColumnarValue) -> PerRow {
+        let refs = |v: &str| v.bytes().filter(|&b| b == b'$' || b == b'\\').count() as u64;
+        match arg {
+            ColumnarValue::Scalar(s) => PerRow::Same(match s {
+                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+                    v.as_deref().map_or(0, refs)
+                }
+                _ => 0,
+            }),
+            ColumnarValue::Array(a) => PerRow::Each(if let Some(s) = a.as_string_opt::<i32>() {
+                s.iter().map(|v| v.map_or(0, refs)).collect()
+            } else if let Some(s) = a.as_string_opt::<i64>() {
+                s.iter().map(|v| v.map_or(0, refs)).collect()
+            } else if let Some(s) = a.as_string_view_opt() {
+                s.iter().map(|v| v.map_or(0, refs)).collect()
+            } else {
+                vec![0; a.len()]
+            }),
         }
     }
 
@@ -558,22 +590,54 @@ impl PerRow {
 }
 
 impl Bounded {
-    /// The most bytes this call can build: `repeat(s, n)` the length of `s` times `n`; a pad to
-    /// `n` characters, 4 bytes a character.
+    /// The most bytes this call can build, summed over its rows:
+    /// - `repeat(s, n)`: the length of `s` times `n`; a pad to `n` characters, 4 bytes each;
+    /// - `replace(s, from, to)`: `s` with each of at most `len(s) / len(from) + 1` matches made
+    ///   `to` (an empty `from` matches between every two characters);
+    /// - `regexp_replace(s, re, with)`: at most `len(s) + 1` matches, each made `with`, and each
+    ///   group reference in `with` bringing back at most all of `s` (matches do not overlap);
+    /// - `concat(…)`, `concat_ws(sep, …)`: the sum of the arguments (the separator once each).
     fn bound(&self, args: &[ColumnarValue], rows: usize) -> DfResult<u128> {
-        let (Some(text), Some(count)) = (args.first(), args.get(1)) else {
-            return Ok(0);
-        };
-        let count = PerRow::counts(count)?;
-        let per_row = |row: usize, len: &PerRow| -> u128 {
-            let n = u128::from(count.get(row));
-            match self.inner.name() {
-                "repeat" => u128::from(len.get(row)) * n,
-                _ => n * 4,
+        let lens = |i: usize| args.get(i).map(PerRow::byte_lengths).transpose();
+        let rows = 0..rows.max(1);
+        let at = |p: &Option<PerRow>, row: usize| u128::from(p.as_ref().map_or(0, |p| p.get(row)));
+        Ok(match self.inner.name() {
+            "repeat" | "lpad" | "rpad" => {
+                let Some(count) = args.get(1) else { return Ok(0) };
+                let (count, text) = (PerRow::counts(count)?, lens(0)?);
+                let repeat = self.inner.name() == "repeat";
+                rows.map(|r| {
+                    let n = u128::from(count.get(r));
+                    if repeat {
+                        at(&text, r) * n
+                    } else {
+                        n * 4
+                    }
+                })
+                .sum()
             }
-        };
-        let len = PerRow::byte_lengths(text)?;
-        Ok((0..rows.max(1)).map(|row| per_row(row, &len)).sum())
+            "replace" => {
+                let (text, from, to) = (lens(0)?, lens(1)?, lens(2)?);
+                rows.map(|r| at(&text, r) + (at(&text, r) / at(&from, r).max(1) + 1) * at(&to, r)).sum()
+            }
+            "regexp_replace" => {
+                let (text, with) = (lens(0)?, lens(2)?);
+                let refs = args.get(2).map(PerRow::group_refs);
+                rows.map(|r| at(&text, r) + (at(&text, r) + 1) * at(&with, r) + at(&refs, r) * at(&text, r)).sum()
+            }
+            _ => {
+                let all: Vec<PerRow> = args.iter().map(PerRow::byte_lengths).collect::<DfResult<_>>()?;
+                rows.map(|r| {
+                    all.iter().map(|p| u128::from(p.get(r))).sum::<u128>()
+                        + if self.inner.name() == "concat_ws" {
+                            all.first().map_or(0, |p| u128::from(p.get(r))) * args.len() as u128
+                        } else {
+                            0
+                        }
+                })
+                .sum()
+            }
+        })
     }
 }
 

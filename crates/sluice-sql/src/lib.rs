@@ -284,6 +284,8 @@ struct Inner {
     timeouts: std::sync::atomic::AtomicU64,
     /// Segment footers and page indexes, shared by every query of this engine.
     metadata: Arc<FileMetadataCache>,
+    /// The threads live tails match on, started with the first tail.
+    tails: std::sync::OnceLock<Result<QueryPool, String>>,
 }
 
 /// The query engine of one store. Cheap to clone.
@@ -303,7 +305,17 @@ impl Engine {
         let running = Arc::new(Semaphore::new(cfg.concurrent_max.max(1)));
         let metadata: Arc<FileMetadataCache> =
             Arc::new(DefaultCache::new(SEGMENT_METADATA_CACHE_BYTES).with_name("sluice-segment-metadata"));
-        Engine { inner: Arc::new(Inner { store, key, cfg, running, timeouts: Default::default(), metadata }) }
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                key,
+                cfg,
+                running,
+                timeouts: Default::default(),
+                metadata,
+                tails: std::sync::OnceLock::new(),
+            }),
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -345,15 +357,15 @@ impl Engine {
         self.run(sql, access, None, self.inner.cfg.rows_max).await
     }
 
-    /// Run `sql` with an optional segment filter on threads of its own (pool.rs), answering at the
-    /// time limit whether or not the query has stopped by then. Its concurrency slot is held until
+    /// Run `sql`, pruned by a quick search's term indexes if given, on threads of its own
+    /// (pool.rs), answering at the time limit whether or not the query has stopped by then. Its concurrency slot is held until
     /// it has: a query that computes on past its limit counts against the limit of queries at once,
     /// and holds only its own threads.
     pub(crate) async fn run(
         &self,
         sql: &str,
         access: Access,
-        filter: Option<SegmentFilter>,
+        terms: Option<terms::TermsRequest>,
         rows_max: usize,
     ) -> Result<QueryOutput, QueryError> {
         let permit = self
@@ -362,21 +374,24 @@ impl Engine {
             .clone()
             .try_acquire_owned()
             .map_err(|_| QueryError::Busy(self.inner.cfg.concurrent_max))?;
-        let pool = QueryPool::new(self.inner.cfg.target_partitions.max(1))
+        let pool = QueryPool::new(self.inner.cfg.target_partitions.max(1), "sluice-query", Some(permit))
             .map_err(|e| QueryError::Internal(format!("cannot start threads for the query: {e}")))?;
         let started = Instant::now();
         let inner = self.inner.clone();
         let sql = sql.to_owned();
         let mut task = AbortOnDrop(pool.spawn(async move {
-            let out = inner.run_retrying(&sql, access, filter, rows_max).await;
-            drop(permit);
-            out
+            let filter = match terms {
+                Some(r) => terms::filter(&inner.store, r).await,
+                None => None,
+            };
+            inner.run_retrying(&sql, access, filter, rows_max).await
         }));
         let time_max = self.inner.cfg.time_max;
-        match tokio::time::timeout(time_max, &mut task.0).await {
+        let out = match tokio::time::timeout(time_max, &mut task.0).await {
             Err(_) => {
                 self.inner.timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(QueryError::Timeout(time_max))
+                // Dropping the pool keeps the slot until the query's threads have stopped.
+                return Err(QueryError::Timeout(time_max));
             }
             Ok(Err(e)) => Err(QueryError::Internal(format!("the query stopped abnormally: {e}"))),
             Ok(Ok(Err(e))) => Err(e),
@@ -384,11 +399,21 @@ impl Engine {
                 out.stats.elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                 Ok(out)
             }
-        }
+        };
+        pool.finished();
+        out
     }
 }
 
 impl Inner {
+    /// The threads every live tail's steps run on ([`tail::TAIL_THREADS`]).
+    fn tail_pool(&self) -> Result<&QueryPool, QueryError> {
+        self.tails
+            .get_or_init(|| QueryPool::new(tail::TAIL_THREADS, "sluice-tail", None).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| QueryError::Internal(format!("cannot start threads for live tails: {e}")))
+    }
+
     /// Run `sql` on a fresh view, once more when a segment vanished under the query (compaction
     /// or retention).
     async fn run_retrying(

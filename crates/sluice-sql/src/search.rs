@@ -205,10 +205,16 @@ impl Engine {
             quote_ident(sluice_store::COL_SEQ),
             req.limit + 1
         );
-        let needed = needed_terms(&q, &schema, access);
-        let filter =
-            crate::terms::filter(self.store(), needed, words(&q), open_searched_columns(&schema), access).await;
-        let mut out = self.run(&sql, access, filter, req.limit).await?;
+        // Reading the term indexes is part of the query: on its threads, under its slot and time limit.
+        let filter = crate::terms::TermsRequest {
+            needed: needed_terms(&q, &schema, access),
+            words: words(&q),
+            columns: open_searched_columns(&schema),
+            access,
+            since_ns: req.since_ns,
+            until_ns: req.until_ns,
+        };
+        let mut out = self.run(&sql, access, Some(filter), req.limit).await?;
         // One row past the limit was asked for only to tell whether there were more.
         out.truncated = out.truncated || out.rows() > req.limit;
         Ok(out)

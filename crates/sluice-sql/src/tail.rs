@@ -11,7 +11,9 @@
 //! Every group commit wakes every tail, so a step must be cheap: the query is planned once (and
 //! again only when the buffer's schema changes, when new columns appear) over a table whose one
 //! partition yields the rows the current step put there, and each step only re-executes that
-//! plan, single-threaded, over its new rows.
+//! plan, single-threaded, over its new rows. Steps run on threads shared by the engine's tails
+//! ([`TAIL_THREADS`]), never on the caller's: in the store those serve `/healthz`, pull the
+//! sources and act on SIGTERM, and 64 tails of 256 words each at every commit would hold them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -28,8 +30,12 @@ use sluice_query::{quote_ident, Query};
 use sluice_store::COL_SEQ;
 use tokio::sync::watch;
 
+use crate::pool::AbortOnDrop;
 use crate::search::{predicate_sql, select_list};
 use crate::{Access, Engine, QueryError};
+
+/// Threads that every tail's steps share.
+pub const TAIL_THREADS: usize = 2;
 
 /// Most rows a tail examines per step; when more are waiting, the oldest are skipped and counted
 /// as dropped (the reader is too slow to keep up anyway).
@@ -140,7 +146,7 @@ impl Tail {
                 }
             }
             let last = batches.last().and_then(seqs).map_or(self.cursor, |s| s.value(s.len() - 1));
-            let matched = self.matching(batches).await?;
+            let matched = self.step(batches).await?;
             self.cursor = last;
             if matched.is_empty() && dropped == 0 {
                 continue;
@@ -149,43 +155,62 @@ impl Tail {
         }
     }
 
-    /// The rows of `batches` (in commit order, one schema) that match, masked as the caller
-    /// must see them.
-    async fn matching(&mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, QueryError> {
-        let schema = batches[0].schema();
-        let planned = match self.planned.take() {
-            Some(p) if Arc::ptr_eq(&p.schema, &schema) || p.schema == schema => p,
-            _ => self.plan(schema).await?,
-        };
-        planned.rows.put(batches);
-        // A fresh copy of the plan's operators (their metrics would otherwise grow each step).
-        let plan = reset_plan_states(planned.plan.clone()).map_err(internal)?;
-        let task = planned.task.clone();
-        self.planned = Some(planned);
-        let out = collect(plan, task).await.map_err(internal)?;
-        Ok(out.into_iter().filter(|b| b.num_rows() > 0).collect())
+    /// One step's matching on the tails' threads. Dropping the future (cancel-safe) aborts it;
+    /// the plan is then made again at the next step.
+    async fn step(&mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, QueryError> {
+        let pool = self.engine.inner.tail_pool()?;
+        let (engine, query, access, planned) =
+            (self.engine.clone(), self.query.clone(), self.access, self.planned.take());
+        let mut task = AbortOnDrop(pool.spawn(matching(engine, query, access, planned, batches)));
+        let (planned, out) =
+            (&mut task.0).await.map_err(|e| internal(format!("a tail step stopped abnormally: {e}")))?;
+        self.planned = planned;
+        out
     }
+}
 
-    /// The search's query over a table of one step's rows of `schema`, in a session of its own.
-    async fn plan(&self, schema: SchemaRef) -> Result<Planned, QueryError> {
-        let pred = predicate_sql(&self.query, &schema)?;
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {pred} ORDER BY {}",
-            select_list(&schema),
-            crate::TABLE,
-            quote_ident(COL_SEQ)
-        );
-        let rows = Arc::new(StepRows { schema: schema.clone(), batches: Mutex::new(Vec::new()) });
-        // A step's rows come in commit order; saying so lets the plan keep it without sorting.
-        let table = StreamingTable::try_new(schema.clone(), vec![rows.clone()])
-            .map_err(internal)?
-            .with_sort_order(vec![ident(COL_SEQ).sort(true, false)]);
-        let ctx = self.engine.inner.context_over(Arc::new(table), schema.clone(), self.access)?;
-        // One partition: a step holds few rows, and neither repartitioning nor merging is worth
-        // its cost there.
-        ctx.state_ref().write().config_mut().options_mut().execution.target_partitions = 1;
-        let df = ctx.sql(&sql).await.map_err(internal)?;
-        let plan = df.create_physical_plan().await.map_err(internal)?;
-        Ok(Planned { schema, rows, plan, task: ctx.task_ctx() })
-    }
+/// The rows of `batches` (in commit order, one schema) that match, masked as the caller must see
+/// them; with the plan to keep for the next step.
+async fn matching(
+    engine: Engine,
+    query: Query,
+    access: Access,
+    planned: Option<Planned>,
+    batches: Vec<RecordBatch>,
+) -> (Option<Planned>, Result<Vec<RecordBatch>, QueryError>) {
+    let schema = batches[0].schema();
+    let planned = match planned {
+        Some(p) if Arc::ptr_eq(&p.schema, &schema) || p.schema == schema => p,
+        _ => match plan(&engine, &query, access, schema).await {
+            Ok(p) => p,
+            Err(e) => return (None, Err(e)),
+        },
+    };
+    planned.rows.put(batches);
+    // A fresh copy of the plan's operators (their metrics would otherwise grow each step).
+    let plan = match reset_plan_states(planned.plan.clone()) {
+        Ok(p) => p,
+        Err(e) => return (Some(planned), Err(internal(e))),
+    };
+    let out = collect(plan, planned.task.clone()).await.map_err(internal);
+    (Some(planned), out.map(|out| out.into_iter().filter(|b| b.num_rows() > 0).collect()))
+}
+
+/// The search's query over a table of one step's rows of `schema`, in a session of its own.
+async fn plan(engine: &Engine, query: &Query, access: Access, schema: SchemaRef) -> Result<Planned, QueryError> {
+    let pred = predicate_sql(query, &schema)?;
+    let sql =
+        format!("SELECT {} FROM {} WHERE {pred} ORDER BY {}", select_list(&schema), crate::TABLE, quote_ident(COL_SEQ));
+    let rows = Arc::new(StepRows { schema: schema.clone(), batches: Mutex::new(Vec::new()) });
+    // A step's rows come in commit order; saying so lets the plan keep it without sorting.
+    let table = StreamingTable::try_new(schema.clone(), vec![rows.clone()])
+        .map_err(internal)?
+        .with_sort_order(vec![ident(COL_SEQ).sort(true, false)]);
+    let ctx = engine.inner.context_over(Arc::new(table), schema.clone(), access)?;
+    // One partition: a step holds few rows, and neither repartitioning nor merging is worth
+    // its cost there.
+    ctx.state_ref().write().config_mut().options_mut().execution.target_partitions = 1;
+    let df = ctx.sql(&sql).await.map_err(internal)?;
+    let plan = df.create_physical_plan().await.map_err(internal)?;
+    Ok(Planned { schema, rows, plan, task: ctx.task_ctx() })
 }

@@ -99,22 +99,32 @@ pub(crate) fn ruled_out(t: &SegmentTerms, words: &[Word], columns: &[String]) ->
     out
 }
 
+/// What a quick search prunes by: its needed terms and bare words, the open string columns, who
+/// asks, and its time range.
+pub(crate) struct TermsRequest {
+    pub(crate) needed: Vec<Needed>,
+    pub(crate) words: Vec<Word>,
+    pub(crate) columns: Vec<String>,
+    pub(crate) access: Access,
+    pub(crate) since_ns: Option<u64>,
+    pub(crate) until_ns: Option<u64>,
+}
+
 /// The filter that skips the live segments that cannot match, narrows the others to their
 /// blocks that may, and leaves out of each bare word's test the columns (of `columns`, the open
 /// string columns) that cannot hold it. Segments that become live after this call are read whole
 /// and tested against every column (never wrongly skipped).
-pub(crate) async fn filter(
-    store: &Store,
-    needed: Vec<Needed>,
-    words: Vec<Word>,
-    columns: Vec<String>,
-    access: Access,
-) -> Option<SegmentFilter> {
+pub(crate) async fn filter(store: &Store, r: TermsRequest) -> Option<SegmentFilter> {
+    let TermsRequest { needed, words, columns, access, since_ns, until_ns } = r;
     if needed.is_empty() && words.is_empty() {
         return None;
     }
     let mut narrowed = HashMap::new();
     for seg in store.manifest().segments {
+        // Outside the time range the scan prunes the segment by its times: its index is not read.
+        if since_ns.is_some_and(|t| seg.time_ns_max < t) || until_ns.is_some_and(|t| seg.time_ns_min > t) {
+            continue;
+        }
         let t = store.segment_terms(&seg.path).await;
         let access = segment_access(&t, seg.rows, &needed, access);
         let ruled_out = if access == SegmentAccess::Skip { RuledOut::new() } else { ruled_out(&t, &words, &columns) };

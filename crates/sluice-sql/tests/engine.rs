@@ -183,7 +183,7 @@ async fn a_query_that_never_yields_leaves_the_callers_runtime_free_and_answers_a
         engine
             .sql(
                 "SELECT count(*) AS n FROM events a, events b \
-                 WHERE concat(a.msg, b.rpc_method) LIKE concat(b.msg, a.rpc_method, '%zz%')",
+                 WHERE a.msg || b.rpc_method LIKE b.msg || a.rpc_method || '%zz%'",
                 VIEWER,
             )
             .await
@@ -212,6 +212,37 @@ async fn a_query_that_never_yields_leaves_the_callers_runtime_free_and_answers_a
     assert_eq!(u64s(&out.batches, "n"), vec![6000]);
 }
 
+/// A tail's step matches on the tails' own threads: a heavy one (200 alternatives over 20,000
+/// rows) leaves the caller's runtime free, as a query does.
+#[tokio::test(flavor = "current_thread")]
+async fn a_tail_step_runs_off_the_callers_runtime() {
+    let mut f = Fixture::new();
+    f.commit(&[event(1, T0)]).await;
+    let words: Vec<String> = (0..200).map(|i| format!("zz{i}q")).collect();
+    let mut tail = f.engine.tail(&format!("{} OR needle", words.join(" OR ")), VIEWER).unwrap();
+    let lines: Vec<String> = (0..20_000).map(|i| event(i, T0 + i * 1_000_000)).collect();
+    f.commit(&lines).await;
+    f.commit(&[format!(r#"{{"time_ns":{},"msg":"a needle"}}"#, T0 + 1)]).await;
+    let started = Instant::now();
+    let mut step = tokio::spawn(async move { tail.next().await });
+    let mut gap_max = Duration::ZERO;
+    let mut last = Instant::now();
+    let got = loop {
+        tokio::select! {
+            got = &mut step => break got.unwrap().unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                gap_max = gap_max.max(last.elapsed());
+                last = Instant::now();
+                assert!(started.elapsed() < Duration::from_secs(120), "no step after 120 s");
+            }
+        }
+    };
+    let took = started.elapsed();
+    assert_eq!(strings(&got.batches, "msg").into_iter().flatten().collect::<Vec<_>>(), ["a needle"]);
+    // Generous for a loaded machine; run on this thread, the step held it for all it took.
+    assert!(gap_max < Duration::from_secs(1) && gap_max * 4 < took, "held for {gap_max:?} of {took:?}");
+}
+
 /// A result larger than the memory limit is refused, even when no operator asked the memory pool
 /// for it (a scalar function can build a huge value in one call).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +250,9 @@ async fn a_result_over_the_memory_limit_is_refused() {
     let mut f = Fixture::with_engine(EngineConfig { memory_max_bytes: 4 << 20, ..EngineConfig::default() });
     f.commit(&[event(1, T0)]).await;
     // Each part is under the limit, the answer is not.
-    let both = "SELECT concat(repeat('x', 3000000), repeat('y', 3000000)) AS big";
+    let both = "SELECT repeat('x', 3000000) AS a, repeat('y', 3000000) AS b";
+    let ref50 = "$0".repeat(50);
+    let regexp = format!("SELECT regexp_replace(repeat('a', 100000), 'a', '{ref50}', 'g') AS big");
     // One call that would build more than the limit is refused before it builds anything: a
     // literal, and per row of a column.
     for (sql, says) in [
@@ -228,6 +261,18 @@ async fn a_result_over_the_memory_limit_is_refused() {
         ("SELECT repeat(msg, 1000000) AS big FROM events", "repeat would build up to"),
         ("SELECT lpad('x', 2000000) AS big", "lpad would build up to 8000000 bytes"),
         ("SELECT rpad(msg, 2000000, 'é') AS big FROM events", "rpad would build up to"),
+        // Functions that multiply what they are given, each argument under the limit.
+        (
+            "SELECT replace(repeat('a', 1000000), 'a', repeat('b', 1000000)) AS big",
+            "replace would build up to 1000002000000 bytes",
+        ),
+        ("SELECT replace(msg, '', repeat('b', 200000)) AS big FROM events", "replace would build up to"),
+        (regexp.as_str(), "regexp_replace would build up to"),
+        ("SELECT concat(repeat('x', 3000000), repeat('y', 3000000)) AS big", "concat would build up to 6000000 bytes"),
+        (
+            "SELECT concat_ws(repeat('-', 1000000), msg, msg, msg, msg) AS big FROM events",
+            "concat_ws would build up to",
+        ),
     ] {
         match f.engine.sql(sql, PII).await {
             Err(e @ QueryError::TooLarge { .. }) => {
@@ -239,6 +284,13 @@ async fn a_result_over_the_memory_limit_is_refused() {
     }
     let out = f.engine.sql("SELECT lpad(msg, 30, '-') AS p FROM events", PII).await.unwrap();
     assert_eq!(strings(&out.batches, "p"), [Some(format!("{}request 1 done in time", "-".repeat(8)))]);
+    let out = f
+        .engine
+        .sql(r"SELECT replace(msg, 'request', 'req') AS r, regexp_replace(msg, '(\d+)', '#$1') AS x FROM events", PII)
+        .await
+        .unwrap();
+    assert_eq!(strings(&out.batches, "r"), [Some("req 1 done in time".to_owned())]);
+    assert_eq!(strings(&out.batches, "x"), [Some("request #1 done in time".to_owned())]);
     // Under the limit it is served.
     let out = f.engine.sql("SELECT repeat('x', 1000000) AS big", PII).await.unwrap();
     assert_eq!(strings(&out.batches, "big")[0].as_deref().map(str::len), Some(1_000_000));

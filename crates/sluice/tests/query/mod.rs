@@ -293,7 +293,7 @@ fn sql_search_tail_roles_and_cli_against_a_real_store() {
     // /healthz, other queries and SIGTERM are still served.
     let runaway = serde_json::json!({
         "sql": "SELECT count(*) AS n FROM events a, events b \
-                WHERE concat(a.message, b.url) LIKE concat(b.message, a.url, '%zz%')"
+                WHERE a.message || b.url LIKE b.message || a.url || '%zz%'"
     })
     .to_string();
     let mut slow = Command::new("curl")
