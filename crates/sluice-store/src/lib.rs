@@ -1286,11 +1286,24 @@ fn compaction_groups(
             continue;
         }
         segs.sort_by_key(|s| s.seq_min);
+        // Retention deletes a segment by the newest receive time in it: merging rows received
+        // far apart (a stuck clock's events trickling into one hour) would keep the old ones
+        // long past the retention age. A group spans at most an eighth of it.
+        let span_max = nanos(cfg.retention_age_max) / 8;
         let mut group = Vec::new();
         let mut rows = 0u64;
+        let (mut received_min, mut received_max) = (u64::MAX, 0u64);
         for seg in segs {
-            if !group.is_empty() && rows + seg.rows > cfg.compact_rows_max {
+            let (lo, hi) = (received_min.min(seg.received_ns_min), received_max.max(seg.received_ns_max));
+            if !group.is_empty() && hi - lo > span_max && group.len() < 2 {
+                // A lone older segment: the group starts again from this one.
+                group.clear();
+                rows = 0;
+                (received_min, received_max) = (seg.received_ns_min, seg.received_ns_max);
+            } else if !group.is_empty() && (rows + seg.rows > cfg.compact_rows_max || hi - lo > span_max) {
                 break;
+            } else {
+                (received_min, received_max) = (lo, hi);
             }
             rows += seg.rows;
             group.push(seg.clone());

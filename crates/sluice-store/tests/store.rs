@@ -803,6 +803,31 @@ fn a_damaged_segment_is_left_out_of_compaction_and_other_hours_go_on() {
 }
 
 #[test]
+fn compaction_never_merges_rows_received_far_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = cfg(dir.path());
+    c.compact_inputs_min = 2;
+    c.retention_age_max = std::time::Duration::from_secs(8 * 3600); // groups span at most 1 h
+    let store = Store::open(c).unwrap();
+    // One hour of event time, received 3 h ago (twice) and now (twice): a stuck clock's events.
+    for (chunk, ago) in [("C", 3 * HOUR_NS), ("D", 3 * HOUR_NS - 60_000_000_000), ("F", 0), ("G", 0)] {
+        rt.block_on(store.commit(old_batch(19, chunk, 10, true, ago))).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.compact().unwrap(), 1);
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), 3, "only the two received 3 h ago were merged: {:?}", m.segments);
+    assert!(m.segments.iter().all(|s| s.received_ns_max - s.received_ns_min < HOUR_NS));
+    // Then the two received now, never with the older output.
+    assert_eq!(store.compact().unwrap(), 1);
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), 2);
+    assert!(m.segments.iter().all(|s| s.received_ns_max - s.received_ns_min < HOUR_NS));
+    assert_eq!(all_rows(&store).len(), 40);
+}
+
+#[test]
 fn bytes_on_disk_count_the_term_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
