@@ -485,6 +485,7 @@ impl Inner {
             let value = MaskUdf::udf(MaskKind::Value, key);
             let overflow = MaskUdf::udf(MaskKind::Overflow, key);
             let hide = MaskUdf::udf(MaskKind::Hide, key);
+            let id = MaskUdf::udf(MaskKind::Id, key);
             let exprs: Vec<Expr> = schema
                 .fields()
                 .iter()
@@ -495,6 +496,8 @@ impl Inner {
                         value.call(vec![c]).alias(name)
                     } else if name == COL_OVERFLOW {
                         overflow.call(vec![c]).alias(name)
+                    } else if name == sluice_store::COL_ID {
+                        id.call(vec![c]).alias(name)
                     } else if HIDDEN_COLUMNS.contains(&name)
                         && f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8
                     {

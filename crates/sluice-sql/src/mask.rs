@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, StringArray, StringBuilder, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, FixedSizeBinaryArray, StringArray, StringBuilder, UInt64Array};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::{
@@ -115,6 +115,20 @@ impl MaskKey {
         h.finish()
     }
 
+    /// The masked form of an event id (`sluice_id`): a keyed 128-bit hash of it. The id hashes
+    /// the line's bytes, clear `pii_*` values included, so whoever knows a line's place could
+    /// confirm a guessed value against the clear id; the masked one stays as unique and joinable.
+    pub fn mask_id(&self, id: &[u8]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (half, domain) in out.chunks_mut(8).zip([0xfd_u8, 0xfe]) {
+            let mut h = self.hasher();
+            h.write_u8(domain);
+            h.write(id);
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        out
+    }
+
     /// `sluice_overflow` JSON with `pii_*` values masked and the text of bad lines hidden: that of
     /// unparsed lines, and the keys of [`HIDDEN_COLUMNS`] when they are kept here (past the cap of
     /// columns) instead of in columns of their own. Text that is not a JSON object is hidden whole
@@ -166,6 +180,8 @@ pub(crate) enum MaskKind {
     Overflow,
     /// Bad-line text: [`HIDDEN`] for every non-null value.
     Hide,
+    /// `sluice_id`: [`MaskKey::mask_id`].
+    Id,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -182,6 +198,7 @@ impl MaskUdf {
                 vec![TypeSignature::Exact(vec![DataType::Utf8]), TypeSignature::Exact(vec![DataType::UInt64])]
             }
             MaskKind::Overflow | MaskKind::Hide => vec![TypeSignature::Exact(vec![DataType::Utf8])],
+            MaskKind::Id => vec![TypeSignature::Exact(vec![DataType::FixedSizeBinary(16)])],
         };
         ScalarUDF::new_from_impl(MaskUdf { kind, key, signature: Signature::one_of(types, Volatility::Immutable) })
     }
@@ -193,6 +210,7 @@ impl ScalarUDFImpl for MaskUdf {
             MaskKind::Value => "sluice_mask",
             MaskKind::Overflow => "sluice_mask_overflow",
             MaskKind::Hide => "sluice_hide",
+            MaskKind::Id => "sluice_mask_id",
         }
     }
 
@@ -220,13 +238,16 @@ impl ScalarUDFImpl for MaskUdf {
                     Some(v) => match self.kind {
                         MaskKind::Value => b.append_value(self.key.mask_str(v)),
                         MaskKind::Overflow => b.append_value(self.key.mask_overflow(v)),
-                        MaskKind::Hide => b.append_value(HIDDEN),
+                        MaskKind::Hide | MaskKind::Id => b.append_value(HIDDEN),
                     },
                 }
             }
             Arc::new(b.finish())
         } else if let Some(numbers) = array.as_any().downcast_ref::<UInt64Array>() {
             Arc::new(numbers.iter().map(|v| v.map(|n| self.key.mask_u64(n))).collect::<UInt64Array>())
+        } else if let Some(ids) = array.as_any().downcast_ref::<FixedSizeBinaryArray>() {
+            let masked: Vec<Option<[u8; 16]>> = ids.iter().map(|v| v.map(|id| self.key.mask_id(id))).collect();
+            Arc::new(FixedSizeBinaryArray::try_from_sparse_iter_with_size(masked.into_iter(), 16)?)
         } else {
             return exec_err!("{} cannot mask a {} column", self.name(), array.data_type());
         };

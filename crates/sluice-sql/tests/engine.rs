@@ -650,6 +650,38 @@ async fn bare_words_find_overflow_values_but_not_keys_or_pii() {
     assert_eq!(search(&f, "secretword").await.len(), 0, "pii_ values are never searched by bare words");
 }
 
+/// `sluice_id` hashes the line's bytes, clear `pii_*` values included: without the pii role it is
+/// a keyed hash of itself, as unique and as joinable, but no use for confirming a guessed line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_are_masked_without_the_pii_role_and_stay_unique_and_joinable() {
+    let mut f = Fixture::new();
+    let lines: Vec<String> = (0..50).map(|i| event(i, T0 + i)).collect();
+    f.commit(&lines).await;
+    let ids = |out: &sluice_sql::QueryOutput| -> Vec<Vec<u8>> {
+        out.batches
+            .iter()
+            .flat_map(|b| {
+                let c = b.column_by_name("sluice_id").unwrap().as_fixed_size_binary().clone();
+                (0..c.len()).map(move |i| c.value(i).to_vec()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let sql = "SELECT sluice_id FROM events ORDER BY time_ns";
+    let clear = ids(&f.engine.sql(sql, PII).await.unwrap());
+    let masked = ids(&f.engine.sql(sql, VIEWER).await.unwrap());
+    assert_eq!((clear.len(), masked.len()), (50, 50));
+    assert!(clear.iter().zip(&masked).all(|(c, m)| c != m), "no clear id is shown to a viewer");
+    assert_eq!(masked.iter().collect::<std::collections::BTreeSet<_>>().len(), 50, "still one per event");
+    assert_eq!(ids(&f.engine.sql(sql, VIEWER).await.unwrap()), masked, "and the same each time");
+    let joined = "SELECT count(*) AS n FROM events a JOIN events b ON a.sluice_id = b.sluice_id";
+    assert_eq!(u64s(&f.engine.sql(joined, VIEWER).await.unwrap().batches, "n"), [50]);
+    // A clear id (known, say, from the pii role's answer) finds nothing for a viewer.
+    let hex: String = clear[0].iter().map(|b| format!("{b:02x}")).collect();
+    let probe = format!("SELECT count(*) AS n FROM events WHERE sluice_id = X'{hex}'");
+    assert_eq!(u64s(&f.engine.sql(&probe, VIEWER).await.unwrap().batches, "n"), [0]);
+    assert_eq!(u64s(&f.engine.sql(&probe, PII).await.unwrap().batches, "n"), [1]);
+}
+
 /// A long chain of operators (parsed in a loop, so the parser's nesting limit never sees it) is
 /// planned without exhausting a thread's stack, and one past the limit is refused clearly: either
 /// way the store lives on.
