@@ -377,7 +377,7 @@ impl Api {
             ))
         })?;
         let out = self.engine.sql(&body.sql, access).await?;
-        encode_answer(out, format, Nulls::Keep).await
+        encode_answer(out, format, Nulls::Keep, self.engine.config().memory_max_bytes).await
     }
 
     async fn search<B>(&self, req: &Request<B>, access: Access) -> Result<Response<ApiBody>, ApiError> {
@@ -413,7 +413,8 @@ impl Api {
         };
         let request = SearchRequest { query: params.get("q").unwrap_or("").to_string(), since_ns, until_ns, limit };
         let out = self.engine.search(&request, access).await?;
-        encode_answer(format::without_empty_columns(out), format, Nulls::Omit).await
+        encode_answer(format::without_empty_columns(out), format, Nulls::Omit, self.engine.config().memory_max_bytes)
+            .await
     }
 
     fn tail<B>(&self, req: &Request<B>, access: Access, roles: Option<Roles>) -> Result<Response<ApiBody>, ApiError> {
@@ -595,18 +596,30 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ApiBod
 }
 
 /// The answer to a query in `format`, encoded on a blocking thread (a large result takes a
-/// while to write).
+/// while to write), held to `bytes_max` (the query memory limit) as it grows.
 async fn encode_answer(
     out: sluice_sql::QueryOutput,
     format: Format,
     nulls: Nulls,
+    bytes_max: usize,
 ) -> Result<Response<ApiBody>, ApiError> {
     let stats = format::stats_json(&out.stats);
     let truncated = out.truncated;
-    let body = tokio::task::spawn_blocking(move || format::encode(&out, format, nulls))
+    let body = tokio::task::spawn_blocking(move || format::encode(&out, format, nulls, bytes_max))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer stopped: {e}")))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")))?;
+        .map_err(|e| match e {
+            format::EncodeError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "query needs more than the memory limit of {bytes_max} bytes: {e}; aggregate more, select fewer \
+                     columns or narrow the time range"
+                ),
+            ),
+            format::EncodeError::Arrow(e) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}"))
+            }
+        })?;
     let mut r = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, format.content_type())

@@ -339,10 +339,23 @@ pub fn stats_json(stats: &QueryStats) -> String {
     serde_json::to_string(stats).expect("plain numbers serialize")
 }
 
-/// The answer body in `format`.
-pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls) -> Result<Bytes, ArrowError> {
+/// Why an answer could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error(transparent)]
+    Arrow(#[from] ArrowError),
+    /// Escaping can make text up to six times longer (a control character is `\u0001`): the body
+    /// is held to the same limit as the result, checked as it grows.
+    #[error("the answer reached {bytes} bytes once encoded")]
+    TooLarge { bytes: usize },
+}
+
+/// The answer body in `format`, refused once it grows past `bytes_max`.
+pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls, bytes_max: usize) -> Result<Bytes, EncodeError> {
     let rows = out.rows();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 + rows * 128);
+    let mut buf: Vec<u8> = Vec::with_capacity((64 + rows * 128).min(bytes_max));
+    let check =
+        |buf: &Vec<u8>| if buf.len() > bytes_max { Err(EncodeError::TooLarge { bytes: buf.len() }) } else { Ok(()) };
     match format {
         Format::Json => {
             buf.extend_from_slice(b"{\"columns\":");
@@ -363,6 +376,7 @@ pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls) -> Result<Bytes, 
                     }
                     first = false;
                     enc.write_row(r, nulls, &mut buf);
+                    check(&buf)?;
                 }
             }
             let _ = write!(buf, "],\"truncated\":{},\"stats\":{}}}", out.truncated, stats_json(&out.stats));
@@ -373,6 +387,7 @@ pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls) -> Result<Bytes, 
                 for r in 0..enc.rows() {
                     enc.write_row(r, nulls, &mut buf);
                     buf.push(b'\n');
+                    check(&buf)?;
                 }
             }
         }
@@ -388,6 +403,7 @@ pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls) -> Result<Bytes, 
                 let enc = RowEncoder::new(batch)?;
                 for r in 0..enc.rows() {
                     enc.write_csv_row(r, &mut buf);
+                    check(&buf)?;
                 }
             }
         }
@@ -395,6 +411,7 @@ pub fn encode(out: &QueryOutput, format: Format, nulls: Nulls) -> Result<Bytes, 
             let mut w = StreamWriter::try_new(&mut buf, &out.schema)?;
             for batch in &out.batches {
                 w.write(batch)?;
+                check(w.get_ref())?;
             }
             w.finish()?;
         }
@@ -445,9 +462,32 @@ mod tests {
         .unwrap()
     }
 
+    /// A control character is six bytes in JSON: a result under the limit can encode far past
+    /// it, and the body is refused as it grows, whatever the format.
+    #[test]
+    fn an_answer_is_held_to_the_limit_once_encoded() {
+        let text = "\u{1}".repeat(10_000);
+        let batch =
+            RecordBatch::try_from_iter(vec![("s", Arc::new(StringArray::from(vec![text.as_str(); 10])) as ArrayRef)])
+                .unwrap();
+        let raw = 10 * 10_000;
+        for format in [Format::Json, Format::Ndjson] {
+            match encode(&output(batch.clone()), format, Nulls::Keep, 2 * raw) {
+                Err(EncodeError::TooLarge { bytes }) => assert!(bytes > 2 * raw && bytes < 2 * raw + 70_000, "{bytes}"),
+                other => panic!("{format:?}: {:?}", other.map(|b| b.len())),
+            }
+            let whole = encode(&output(batch.clone()), format, Nulls::Keep, usize::MAX).unwrap();
+            assert!(whole.len() > 6 * raw, "{format:?}: {} bytes", whole.len());
+        }
+        // Arrow and CSV carry the bytes as they are: the same limit lets them through.
+        for format in [Format::Arrow, Format::Csv] {
+            assert!(encode(&output(batch.clone()), format, Nulls::Keep, 2 * raw).is_ok(), "{format:?}");
+        }
+    }
+
     #[test]
     fn json_rows_keep_or_omit_nulls_and_write_ids_as_hex() {
-        let body = encode(&output(sample()), Format::Json, Nulls::Keep).unwrap();
+        let body = encode(&output(sample()), Format::Json, Nulls::Keep, usize::MAX).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["columns"][0], serde_json::json!({"name":"time_ns","type":"UInt64"}));
         assert_eq!(v["rows"][0]["sluice_id"], "abababababababababababababababab");
@@ -461,7 +501,7 @@ mod tests {
         assert_eq!(v["truncated"], false);
         assert_eq!(v["stats"]["segments_read"], 0);
 
-        let body = encode(&output(sample()), Format::Ndjson, Nulls::Omit).unwrap();
+        let body = encode(&output(sample()), Format::Ndjson, Nulls::Omit, usize::MAX).unwrap();
         let lines: Vec<&str> = std::str::from_utf8(&body).unwrap().lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1], r#"{"time_ns":2,"at":"1970-01-01T00:00:00Z"}"#);
@@ -469,7 +509,7 @@ mod tests {
 
     #[test]
     fn csv_quotes_as_rfc_4180_says() {
-        let body = encode(&output(sample()), Format::Csv, Nulls::Keep).unwrap();
+        let body = encode(&output(sample()), Format::Csv, Nulls::Keep, usize::MAX).unwrap();
         let text = std::str::from_utf8(&body).unwrap();
         assert_eq!(
             text,
