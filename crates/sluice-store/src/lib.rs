@@ -161,6 +161,9 @@ pub const FLOOR_GRACE: Duration = Duration::from_secs(3600);
 const MAINTENANCE_TICK: Duration = Duration::from_millis(500);
 /// How often retention runs in the background.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Most uncompressed data one compaction merges: small files of wide, repetitive rows can hold
+/// far more than their size says.
+const COMPACT_DATA_BYTES_MAX: u64 = 1 << 30;
 const WAL_DIR: &str = "wal";
 
 /// Settings of a [`Store`]. Build with [`StoreConfig::new`] and change fields.
@@ -1292,6 +1295,7 @@ fn compaction_groups(
         let span_max = nanos(cfg.retention_age_max) / 8;
         let mut group = Vec::new();
         let mut rows = 0u64;
+        let mut data = 0u64;
         let (mut received_min, mut received_max) = (u64::MAX, 0u64);
         for seg in segs {
             let (lo, hi) = (received_min.min(seg.received_ns_min), received_max.max(seg.received_ns_max));
@@ -1299,13 +1303,19 @@ fn compaction_groups(
                 // A lone older segment: the group starts again from this one.
                 group.clear();
                 rows = 0;
+                data = 0;
                 (received_min, received_max) = (seg.received_ns_min, seg.received_ns_max);
-            } else if !group.is_empty() && (rows + seg.rows > cfg.compact_rows_max || hi - lo > span_max) {
+            } else if !group.is_empty()
+                && (rows + seg.rows > cfg.compact_rows_max
+                    || hi - lo > span_max
+                    || data + seg.data_bytes > COMPACT_DATA_BYTES_MAX)
+            {
                 break;
             } else {
                 (received_min, received_max) = (lo, hi);
             }
             rows += seg.rows;
+            data += seg.data_bytes;
             group.push(seg.clone());
         }
         if group.len() >= 2 {
@@ -1477,6 +1487,30 @@ mod tests {
     fn lines_splits_and_keeps_a_last_line_without_newline() {
         let got: Vec<(usize, &[u8], usize)> = lines(b"a\n\nbc\nd").collect();
         assert_eq!(got, [(0, &b"a"[..], 2), (2, &b""[..], 1), (3, &b"bc"[..], 3), (6, &b"d"[..], 1)]);
+    }
+
+    #[test]
+    fn a_compaction_group_is_bounded_by_its_data_as_well_as_its_rows() {
+        let seg = |n: u64, data_mb: u64| SegmentMeta {
+            path: format!("seg-{n}"),
+            partition_hour: 7,
+            rows: 100,
+            bytes: 1 << 20,
+            terms_bytes: 0,
+            data_bytes: data_mb << 20,
+            time_ns_min: 0,
+            time_ns_max: 0,
+            seq_min: n * 100,
+            seq_max: n * 100 + 99,
+            received_ns_min: 5,
+            received_ns_max: 5,
+        };
+        let m = Manifest { segments: vec![seg(1, 700), seg(2, 200), seg(3, 200), seg(4, 10)], ..Manifest::default() };
+        let mut cfg = StoreConfig::new("unused");
+        cfg.compact_inputs_min = 2;
+        let groups = compaction_groups(&m, &cfg, &std::collections::HashSet::new());
+        let paths: Vec<Vec<&str>> = groups.iter().map(|g| g.iter().map(|s| s.path.as_str()).collect()).collect();
+        assert_eq!(paths, [["seg-1", "seg-2"]], "900 MiB of data, not 1.1 GiB");
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct SegmentMeta {
     /// Size of its term index beside it (0 in manifests written before this was recorded).
     #[serde(default)]
     pub terms_bytes: u64,
+    /// Size of its rows as Arrow arrays when written (0 when not recorded): about what reading
+    /// them back takes, which bounds what a compaction holds in memory.
+    #[serde(default)]
+    pub data_bytes: u64,
     pub time_ns_min: u64,
     pub time_ns_max: u64,
     pub seq_min: u64,

@@ -551,6 +551,7 @@ fn write_one(
         rows: rows.len() as u64,
         bytes: 0,
         terms_bytes: 0,
+        data_bytes: 0,
         time_ns_min: u64::MAX,
         time_ns_max: 0,
         seq_min: u64::MAX,
@@ -570,7 +571,7 @@ fn write_one(
     for slice in rows.chunks(WRITE_SLICE_ROWS) {
         out.write(&gather(&refs, slice).map_err(|e| perr(&e))?)?;
     }
-    (meta.bytes, meta.terms_bytes) = out.finish(store, local_root)?;
+    (meta.bytes, meta.terms_bytes, meta.data_bytes) = out.finish(store, local_root)?;
     Ok(meta)
 }
 
@@ -579,6 +580,8 @@ struct SegmentOut<'a> {
     path: &'a str,
     writer: ArrowWriter<SegmentSink>,
     terms: TermsBuilder,
+    /// Arrow memory of the batches written ([`SegmentMeta::data_bytes`]).
+    data_bytes: u64,
 }
 
 /// Where a segment's bytes go as they are written.
@@ -682,24 +685,25 @@ impl<'a> SegmentOut<'a> {
         };
         let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
             .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })?;
-        Ok(SegmentOut { path, writer, terms: TermsBuilder::new() })
+        Ok(SegmentOut { path, writer, terms: TermsBuilder::new(), data_bytes: 0 })
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), SegmentError> {
         self.terms.add_batch(batch);
+        self.data_bytes += batch.get_array_memory_size() as u64;
         self.writer
             .write(batch)
             .map_err(|e| SegmentError::Parquet { path: self.path.to_string(), reason: e.to_string() })
     }
 
-    /// Put the term index, then the segment (both durable); returns the sizes of the segment and
-    /// of its term index.
-    fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<(u64, u64), SegmentError> {
+    /// Put the term index, then the segment (both durable); returns the sizes of the segment, of
+    /// its term index and of its data uncompressed.
+    fn finish(self, store: &dyn ObjectStore, local_root: Option<&Path>) -> Result<(u64, u64, u64), SegmentError> {
         let path = self.path;
-        let sink = self
-            .writer
-            .into_inner()
-            .map_err(|e| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() })?;
+        let perr =
+            |e: parquet::errors::ParquetError| SegmentError::Parquet { path: path.to_string(), reason: e.to_string() };
+        let data_bytes = self.data_bytes;
+        let sink = self.writer.into_inner().map_err(perr)?;
         // The term index goes first: like the segment, it must be durable before a manifest lists it.
         let terms = self.terms.finish();
         let terms_bytes = terms.len() as u64;
@@ -708,21 +712,37 @@ impl<'a> SegmentOut<'a> {
                 let bytes = data.len() as u64;
                 put(store, local_root, &terms_path(path), terms)?;
                 put(store, local_root, path, Bytes::from(data))?;
-                Ok((bytes, terms_bytes))
+                Ok((bytes, terms_bytes, data_bytes))
             }
             SegmentSink::File(mut file) => {
                 let io = |source| SegmentError::Io { path: path.to_string(), source };
                 let bytes = file.sync().map_err(io)?;
                 put(store, local_root, &terms_path(path), terms)?;
                 file.rename().map_err(io)?;
-                Ok((bytes, terms_bytes))
+                Ok((bytes, terms_bytes, data_bytes))
             }
         }
     }
 }
 
-/// Rows decoded at a time from each input of a compaction.
+/// Rows decoded at a time from each input of a compaction, at most: fewer for wide rows, so that
+/// one input's batch holds about [`MERGE_READ_BYTES`].
 const MERGE_READ_ROWS: usize = 8 * 1024;
+const MERGE_READ_BYTES: u64 = 8 << 20;
+/// Bytes of data a compaction's output slice holds, about: fewer rows than [`WRITE_SLICE_ROWS`]
+/// when they are wide (lines of up to 8 MiB), so that no slice nears Arrow's 2 GiB offsets.
+const MERGE_WRITE_BYTES: u64 = 64 << 20;
+
+/// Rows per step for rows of `data_bytes / rows` bytes each, so that a step holds about
+/// `bytes_target`, between 16 rows and `rows_max`. Without a known size (a manifest written
+/// before sizes were recorded), `rows_max`.
+fn rows_per_step(data_bytes: u64, rows: u64, bytes_target: u64, rows_max: usize) -> usize {
+    if data_bytes == 0 || rows == 0 {
+        return rows_max;
+    }
+    let row_bytes = (data_bytes / rows).max(1);
+    usize::try_from(bytes_target / row_bytes).unwrap_or(usize::MAX).clamp(16, rows_max)
+}
 
 /// One input of a compaction: its batches decoded one at a time, and where its next row is.
 struct MergeInput {
@@ -739,7 +759,8 @@ struct MergeInput {
 /// Merge segments `inputs` (each sorted by source, shape, then time; all of the partition `hour`)
 /// into one segment, sorted the same way, with ties in input order. Streams: each input's file is held
 /// compressed and decoded [`MERGE_READ_ROWS`] rows at a time, and the output is gathered and
-/// written [`WRITE_SLICE_ROWS`] rows at a time, so memory does not grow with the rows merged.
+/// written [`WRITE_SLICE_ROWS`] rows at a time (fewer when rows are wide: [`MERGE_READ_BYTES`],
+/// [`MERGE_WRITE_BYTES`]), so memory does not grow with the rows merged.
 /// `inputs` are the manifest entries of the segments (the output's ranges come from them). Inputs
 /// that hold another number of rows than their entries say are an error, and nothing is written.
 pub fn merge_segments(
@@ -768,7 +789,8 @@ pub fn merge_segments(
             }
         }
         present.push(builder.schema().clone());
-        readers.push(builder.with_batch_size(MERGE_READ_ROWS).build().map_err(|e| perr(&e))?);
+        let batch_rows = rows_per_step(m.data_bytes, m.rows, MERGE_READ_BYTES, MERGE_READ_ROWS);
+        readers.push(builder.with_batch_size(batch_rows).build().map_err(|e| perr(&e))?);
     }
     let schema = union_schema(full, &present);
     // Batches read and not yet written out; `None` once released.
@@ -802,7 +824,13 @@ pub fn merge_segments(
             heap.push(std::cmp::Reverse((src.to_string(), shape, t, i)));
         }
     }
-    let mut picked: Vec<(usize, usize)> = Vec::with_capacity(WRITE_SLICE_ROWS);
+    let slice_rows = rows_per_step(
+        inputs.iter().map(|m| m.data_bytes).sum(),
+        inputs.iter().map(|m| m.rows).sum(),
+        MERGE_WRITE_BYTES,
+        WRITE_SLICE_ROWS,
+    );
+    let mut picked: Vec<(usize, usize)> = Vec::with_capacity(slice_rows);
     let mut rows = 0u64;
     while let Some(std::cmp::Reverse((mut src, _, _, i))) = heap.pop() {
         // Take rows of input i while they sort before every other input's next row.
@@ -819,7 +847,7 @@ pub fn merge_segments(
                 src.clear();
                 src.push_str(next_src);
             }
-            if picked.len() == WRITE_SLICE_ROWS {
+            if picked.len() == slice_rows {
                 write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
             }
             if heap.peek().is_some_and(|std::cmp::Reverse(top)| (&src, shape, t, i) > (&top.0, top.1, top.2, top.3)) {
@@ -827,7 +855,7 @@ pub fn merge_segments(
                 break;
             }
         }
-        if picked.len() >= WRITE_SLICE_ROWS {
+        if picked.len() >= slice_rows {
             write_picked(&mut out, &mut loaded, &mut picked, &merge).map_err(|e| perr(&e))?;
         }
     }
@@ -841,13 +869,14 @@ pub fn merge_segments(
             reason: format!("compaction read {rows} rows from inputs whose manifest entries count {expected}"),
         });
     }
-    let (bytes, terms_bytes) = out.finish(store, local_root)?;
+    let (bytes, terms_bytes, data_bytes) = out.finish(store, local_root)?;
     let meta = SegmentMeta {
         path: path.clone(),
         partition_hour: hour,
         rows,
         bytes,
         terms_bytes,
+        data_bytes,
         time_ns_min: inputs.iter().map(|m| m.time_ns_min).min().unwrap_or(0),
         time_ns_max: inputs.iter().map(|m| m.time_ns_max).max().unwrap_or(0),
         seq_min: inputs.iter().map(|m| m.seq_min).min().unwrap_or(0),
@@ -998,6 +1027,16 @@ pub fn union_schema(full: &SchemaRef, present: &[SchemaRef]) -> SchemaRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_rows_are_merged_a_few_at_a_time() {
+        assert_eq!(rows_per_step(0, 10, MERGE_READ_BYTES, MERGE_READ_ROWS), MERGE_READ_ROWS, "size unknown");
+        assert_eq!(rows_per_step(1_000_000, 10_000, MERGE_READ_BYTES, MERGE_READ_ROWS), MERGE_READ_ROWS);
+        // Rows of 100 KB: 83 a batch, not 8,192 (800 MB).
+        assert_eq!(rows_per_step(100_000_000, 1_000, MERGE_READ_BYTES, MERGE_READ_ROWS), 83);
+        // Rows of 8 MiB: never fewer than 16.
+        assert_eq!(rows_per_step(8 << 30, 1_024, MERGE_WRITE_BYTES, WRITE_SLICE_ROWS), 16);
+    }
     use arrow_array::{ArrayRef, FixedSizeBinaryArray, StringArray};
     use arrow_schema::Field;
     use parquet::file::reader::{FileReader, SerializedFileReader};

@@ -828,6 +828,31 @@ fn compaction_never_merges_rows_received_far_apart() {
 }
 
 #[test]
+fn wide_rows_are_compacted_whole_and_their_size_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = cfg(dir.path());
+    c.compact_inputs_min = 2;
+    let store = Store::open(c).unwrap();
+    // Repetitive 100 KB values: small files, large rows.
+    let wide = "stack frame ".repeat(8_500);
+    for chunk in ["C", "D", "F"] {
+        let lines: Vec<String> =
+            (0..40).map(|i| format!(r#"{{"time_ns":{},"msg":"{chunk} {i}","trace":"{wide}"}}"#, T0 + i)).collect();
+        rt.block_on(store.commit(batch(20, chunk, 0, &lines, true))).unwrap();
+        store.flush().unwrap();
+    }
+    let segs = store.manifest().segments;
+    assert!(segs.iter().all(|s| s.data_bytes > 40 * 100_000 && s.bytes < s.data_bytes / 10), "{segs:?}");
+    let before = all_rows(&store);
+    assert_eq!(store.compact().unwrap(), 1);
+    let m = store.manifest();
+    assert_eq!(m.segments.len(), 1);
+    assert!(m.segments[0].data_bytes >= segs.iter().map(|s| s.data_bytes).sum::<u64>() / 2);
+    assert_eq!(all_rows(&store), before);
+}
+
+#[test]
 fn bytes_on_disk_count_the_term_indexes() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
