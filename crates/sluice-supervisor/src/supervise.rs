@@ -213,8 +213,17 @@ pub async fn run(cfg: SuperviseConfig, on_ready: impl FnOnce(&Ready)) -> Result<
                     }
                 };
                 metrics.child_running.store(0, Ordering::Relaxed);
-                for c in captures {
-                    let _ = tokio::time::timeout(CAPTURE_DRAIN_TIMEOUT, c).await;
+                if matches!(wake, Wake::Exited(_)) {
+                    // What the child started is stopped with it (its process group): left running it
+                    // would keep writing into this run's pipes, and each restart would add more.
+                    child::signal_group(pid, libc::SIGTERM);
+                }
+                for mut c in captures {
+                    if tokio::time::timeout(CAPTURE_DRAIN_TIMEOUT, &mut c).await.is_err() {
+                        // Something in the group still holds a pipe after SIGTERM.
+                        child::signal_group(pid, libc::SIGKILL);
+                        let _ = tokio::time::timeout(CAPTURE_DRAIN_TIMEOUT, c).await;
+                    }
                 }
                 let ran_ms = started.elapsed().as_millis() as u64;
                 let _ = log.append_own(|b, now| {

@@ -19,6 +19,28 @@ fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// What the child left running (here a `sleep` holding its stdout) is stopped when the child
+/// exits, with its process group: not orphaned, and not writing into a finished run's pipes.
+#[test]
+fn what_the_child_started_is_stopped_when_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pid_file = dir.path().join("grandchild.pid");
+    let script =
+        format!("sleep 300 & echo $! > {}; echo '{{\"time_ns\":1,\"msg\":\"bye\"}}'; exit 3", pid_file.display());
+    let mut sup = Supervisor::start(&data, &args(&["--restart", "never"]), &["sh", "-c", &script]);
+    assert_eq!(sup.wait(), 3);
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    // Gone, or a zombie waiting for whoever adopted it to reap it: not running.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit(')').next().map(|rest| rest.trim_start().starts_with(|c| c != 'Z')))
+            .unwrap_or(false)
+    };
+    wait_until("the grandchild to stop", || !running());
+}
+
 #[test]
 fn good_and_bad_lines_land_valid_ones_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
