@@ -59,6 +59,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod concat;
 mod coop;
 mod functions;
 mod literals;
@@ -469,7 +470,7 @@ impl Inner {
         // which is what makes needle queries cheap.
         config.options_mut().execution.parquet.pushdown_filters = true;
         config.options_mut().execution.parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_state(session_state(config, runtime));
+        let ctx = SessionContext::new_with_state(session_state(config, runtime, cfg.memory_max_bytes));
         ctx.register_udaf(functions::QuantileNearest::udaf());
         ctx.register_udf(functions::OverflowText::udf());
         ctx.register_udf(functions::OverflowGet::udf(false));
@@ -632,10 +633,12 @@ fn result_bytes(batch: &RecordBatch) -> usize {
 
 /// DataFusion's default session with [`literals::UnsignedLiterals`] placed before its type
 /// coercion (afterwards the `Int64` literals would already have turned the column to a decimal).
-fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionState {
+fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>, bytes_max: usize) -> SessionState {
     let mut analyzer = Analyzer::new();
     let at = analyzer.rules.iter().position(|r| r.name() == "type_coercion").unwrap_or(0);
     analyzer.rules.insert(at, Arc::new(literals::UnsignedLiterals));
+    // After type coercion (at + 1 is now type_coercion itself): `||` sees its operands' final types.
+    analyzer.rules.insert((at + 2).min(analyzer.rules.len()), Arc::new(concat::BoundedStringConcat::new(bytes_max)));
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)

@@ -273,6 +273,18 @@ async fn a_result_over_the_memory_limit_is_refused() {
             "SELECT concat_ws(repeat('-', 1000000), msg, msg, msg, msg) AS big FROM events",
             "concat_ws would build up to",
         ),
+        ("SELECT repeat('x', 3000000) || repeat('y', 3000000) AS big", "|| would build up to 6000000 bytes"),
+        (
+            "SELECT msg || repeat('y', 4000000) || repeat('z', 1000000) AS big FROM events",
+            "|| would build up to 5000022",
+        ),
+        // Doubling level by level: each level under the limit until one is not, however small
+        // the answer (a length).
+        (
+            "WITH a AS (SELECT repeat('x', 1000000) AS v), b AS (SELECT v || v AS v FROM a), \
+             c AS (SELECT v || v AS v FROM b), d AS (SELECT v || v AS v FROM c) SELECT length(v) AS n FROM d",
+            "|| would build up to 8000000 bytes",
+        ),
     ] {
         match f.engine.sql(sql, PII).await {
             Err(e @ QueryError::TooLarge { .. }) => {
@@ -291,6 +303,9 @@ async fn a_result_over_the_memory_limit_is_refused() {
         .unwrap();
     assert_eq!(strings(&out.batches, "r"), [Some("req 1 done in time".to_owned())]);
     assert_eq!(strings(&out.batches, "x"), [Some("request #1 done in time".to_owned())]);
+    let out = f.engine.sql("SELECT msg || ' / ' || rpc_method AS j, msg || NULL AS n FROM events", PII).await.unwrap();
+    assert_eq!(strings(&out.batches, "j"), [Some("request 1 done in time / ListOrders".to_owned())]);
+    assert_eq!(strings(&out.batches, "n"), [None], "|| with NULL is NULL");
     // Under the limit it is served.
     let out = f.engine.sql("SELECT repeat('x', 1000000) AS big", PII).await.unwrap();
     assert_eq!(strings(&out.batches, "big")[0].as_deref().map(str::len), Some(1_000_000));
