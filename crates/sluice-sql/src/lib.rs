@@ -583,32 +583,35 @@ fn check_operators(sql: &str) -> Result<(), QueryError> {
     use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
     // A text the tokenizer refuses is left for the parser to explain.
     let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else { return Ok(()) };
-    let operators = tokens
-        .iter()
-        .filter(|t| match t {
-            Token::Word(w) => matches!(
-                w.keyword,
-                Keyword::AND
-                    | Keyword::OR
-                    | Keyword::NOT
-                    | Keyword::IS
-                    | Keyword::LIKE
-                    | Keyword::ILIKE
-                    | Keyword::BETWEEN
-            ),
-            Token::Whitespace(_)
-            | Token::Number(..)
-            | Token::SingleQuotedString(_)
-            | Token::DoubleQuotedString(_)
-            | Token::Comma
-            | Token::Period
-            | Token::LParen
-            | Token::RParen
-            | Token::SemiColon
-            | Token::EOF => false,
-            _ => true,
-        })
-        .count();
+    let is_operator = |t: &Token| match t {
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::AND | Keyword::OR | Keyword::NOT | Keyword::IS | Keyword::LIKE | Keyword::ILIKE | Keyword::BETWEEN
+        ),
+        Token::Whitespace(_)
+        | Token::Number(..)
+        | Token::SingleQuotedString(_)
+        | Token::DoubleQuotedString(_)
+        | Token::Comma
+        | Token::Period
+        | Token::LParen
+        | Token::RParen
+        | Token::SemiColon
+        | Token::EOF => false,
+        _ => true,
+    };
+    // A sign after `(`, `,` or an operator is part of a value (`IN (-1, -2)`), not a link of a
+    // chain; signs in a row nest, and the parser's depth limit holds those.
+    let mut operators = 0;
+    let mut prev: Option<&Token> = None;
+    for t in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
+        let sign = matches!(t, Token::Minus | Token::Plus);
+        let after_value = prev.is_some_and(|p| !matches!(p, Token::LParen | Token::Comma) && !is_operator(p));
+        if is_operator(t) && (!sign || after_value) {
+            operators += 1;
+        }
+        prev = Some(t);
+    }
     if operators > OPERATORS_MAX {
         return Err(QueryError::Invalid {
             message: format!(

@@ -713,6 +713,12 @@ async fn a_long_chain_of_operators_is_answered_or_refused_never_a_crash() {
     );
     let out = f.engine.sql(&ors, VIEWER).await.expect("2,000 alternatives are a query");
     assert_eq!(u64s(&out.batches, "n"), [1]);
+    // A long list of negative numbers is shallow: its signs are not a chain.
+    let negatives = (1..=5000).map(|i| format!("-{i}")).collect::<Vec<_>>().join(", ");
+    let list = format!("SELECT count(*) AS n FROM events WHERE CAST(status AS BIGINT) IN ({negatives})");
+    assert_eq!(u64s(&f.engine.sql(&list, VIEWER).await.expect("5,000 negative values are a list").batches, "n"), [0]);
+    let minus = |n: usize| format!("SELECT {} AS n FROM events", vec!["status"; n].join(" - "));
+    assert!(f.engine.sql(&minus(20_000), VIEWER).await.unwrap_err().to_string().contains("operators"));
     for n in [20_000, 200_000] {
         let e = f.engine.sql(&chain(n), VIEWER).await.unwrap_err();
         assert!(matches!(e, QueryError::Invalid { .. }), "{e:?}");
