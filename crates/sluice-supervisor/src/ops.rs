@@ -90,7 +90,11 @@ fn respond<B>(req: &Request<B>, log: &ChunkLog<DiskStorage>, metrics: &Metrics) 
     }
     match log.open_chunk_id() {
         Some(_) => text(StatusCode::OK, "ok\n"),
-        None => text(StatusCode::SERVICE_UNAVAILABLE, "no open chunk: the chunk log is closed\n"),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no open chunk: the chunk log is closed, or no new chunk could be created (a full disk, no file \
+             descriptors left); events are dropped and counted meanwhile (sluice_dropped_events, sluice_disk_errors)\n",
+        ),
     }
 }
 
