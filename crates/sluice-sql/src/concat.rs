@@ -13,16 +13,16 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::concat_elements::concat_elements_utf8;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{exec_err, DFSchema, DataFusionError, Result as DfResult, ScalarValue};
 use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
-use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
+
+use crate::functions::PerRow;
 
 /// The rule (see the module docs). Place it after DataFusion's `type_coercion`.
 #[derive(Debug)]
@@ -54,15 +54,7 @@ fn is_string(t: &DataType) -> bool {
 
 impl BoundedStringConcat {
     fn rewrite_plan(&self, plan: LogicalPlan) -> DfResult<Transformed<LogicalPlan>> {
-        let mut schema = merge_schema(&plan.inputs());
-        if let LogicalPlan::TableScan(ts) = &plan {
-            schema.merge(&DFSchema::try_from_qualified_schema(ts.table_name.clone(), &ts.source.schema())?);
-        }
-        let names = NamePreserver::new(&plan);
-        plan.map_expressions(|e| {
-            let saved = names.save(&e);
-            Ok(e.transform_up(|e| self.rewrite_expr(e, &schema))?.update_data(|e| saved.restore(e)))
-        })
+        crate::literals::rewrite_plan_exprs(plan, |e, schema| self.rewrite_expr(e, schema))
     }
 
     fn rewrite_expr(&self, e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
@@ -90,21 +82,6 @@ struct StringConcat {
     signature: Signature,
 }
 
-/// Byte lengths of a string argument, per row (0 for NULL); a literal's for every row.
-fn lengths(arg: &ColumnarValue, rows: usize) -> DfResult<Vec<u64>> {
-    let array = match arg {
-        ColumnarValue::Scalar(s) => s.to_array_of_size(1)?,
-        ColumnarValue::Array(a) => a.clone(),
-    };
-    let utf8 = cast(&array, &DataType::Utf8)?;
-    let s = utf8.as_string::<i32>();
-    let lens: Vec<u64> = s.iter().map(|v| v.map_or(0, |v| v.len() as u64)).collect();
-    Ok(match arg {
-        ColumnarValue::Scalar(_) => vec![lens.first().copied().unwrap_or(0); rows.max(1)],
-        ColumnarValue::Array(_) => lens,
-    })
-}
-
 impl ScalarUDFImpl for StringConcat {
     fn name(&self) -> &str {
         "sluice_string_concat"
@@ -123,8 +100,8 @@ impl ScalarUDFImpl for StringConcat {
             return exec_err!("sluice_string_concat takes two arguments");
         };
         let rows = args.number_rows;
-        let (la, lb) = (lengths(a, rows)?, lengths(b, rows)?);
-        let bound: u128 = la.iter().zip(&lb).map(|(x, y)| u128::from(*x) + u128::from(*y)).sum();
+        let (la, lb) = (PerRow::byte_lengths(a)?, PerRow::byte_lengths(b)?);
+        let bound: u128 = (0..rows.max(1)).map(|r| u128::from(la.get(r)) + u128::from(lb.get(r))).sum();
         if bound > self.bytes_max as u128 {
             // QueryError::TooLarge names the limit.
             return Err(DataFusionError::ResourcesExhausted(format!("|| would build up to {bound} bytes")));

@@ -513,13 +513,13 @@ impl Bounded {
 }
 
 /// One argument's value per row: the same for all (a literal) or one each.
-enum PerRow {
+pub(crate) enum PerRow {
     Same(u64),
     Each(Vec<u64>),
 }
 
 impl PerRow {
-    fn get(&self, row: usize) -> u64 {
+    pub(crate) fn get(&self, row: usize) -> u64 {
         match self {
             PerRow::Same(v) => *v,
             PerRow::Each(v) => v.get(row).copied().unwrap_or(0),
@@ -550,7 +550,7 @@ impl PerRow {
     }
 
     /// Byte lengths of a string argument (0 for NULL).
-    fn byte_lengths(arg: &ColumnarValue) -> DfResult<PerRow> {
+    pub(crate) fn byte_lengths(arg: &ColumnarValue) -> DfResult<PerRow> {
         Ok(match arg {
             ColumnarValue::Scalar(s) => PerRow::Same(match s {
                 ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {

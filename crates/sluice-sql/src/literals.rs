@@ -40,6 +40,16 @@ impl AnalyzerRule for UnsignedLiterals {
 }
 
 fn rewrite_plan(plan: LogicalPlan) -> DfResult<Transformed<LogicalPlan>> {
+    rewrite_plan_exprs(plan, rewrite_expr)
+}
+
+/// Rewrite every expression of one plan node bottom-up with `rewrite`, which sees the types the
+/// node's inputs give; output names stay as written and the node's schema is recomputed. Shared
+/// by the analyzer rules (this one and concat.rs).
+pub(crate) fn rewrite_plan_exprs(
+    plan: LogicalPlan,
+    rewrite: impl Fn(Expr, &DFSchema) -> DfResult<Transformed<Expr>>,
+) -> DfResult<Transformed<LogicalPlan>> {
     // The types of a node's expressions come from its inputs (a scan's from its table).
     let mut schema = merge_schema(&plan.inputs());
     if let LogicalPlan::TableScan(ts) = &plan {
@@ -50,7 +60,7 @@ fn rewrite_plan(plan: LogicalPlan) -> DfResult<Transformed<LogicalPlan>> {
     let names = NamePreserver::new(&plan);
     plan.map_expressions(|e| {
         let saved = names.save(&e);
-        Ok(e.transform_up(|e| rewrite_expr(e, &schema))?.update_data(|e| saved.restore(e)))
+        Ok(e.transform_up(|e| rewrite(e, &schema))?.update_data(|e| saved.restore(e)))
     })?
     // An output's type may have changed here or below (Decimal128 to UInt64).
     .map_data(|p| p.recompute_schema())
